@@ -1,0 +1,1 @@
+"""Ray actors: InferenceActor (replicas), Learner/LearnerGroup, RolloutWorker, and weight publication."""

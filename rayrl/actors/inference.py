@@ -1,0 +1,48 @@
+"""InferenceActor: one replica of the policy, an engine behind a Ray actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rayrl.actors.engine import Completion, Engine, SamplingParams, TransformersEngine
+from rayrl.actors.weights import WeightBundle
+
+
+@dataclass
+class GenerationResult:
+    completions: list[Completion]
+    version: int  # policy version that produced every completion of this call
+
+
+def make_engine(engine: str, model_path: str, dtype: str, device: str, max_batch_size: int) -> Engine:
+    """Explicit factory: the engine named in ``inference.engine``."""
+    if engine == "transformers":
+        return TransformersEngine.from_pretrained(model_path, dtype=dtype, device=device, max_batch_size=max_batch_size)
+    raise ValueError(f"inference.engine: unknown engine '{engine}' (available: transformers)")
+
+
+class InferenceActor:
+    """Serves ``generate`` calls one at a time; weights change only between calls."""
+
+    def __init__(self, model_path: str, engine: str, dtype: str, threads: int, max_batch_size: int, version: int = 0):
+        torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.engine = make_engine(engine, model_path, dtype, device, max_batch_size)
+        self.version = version
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
+        return GenerationResult(self.engine.generate(prompts, params), self.version)
+
+    def load_weights(self, bundle: WeightBundle) -> int:
+        """Load a published version (Ray resolves the object ref to the shared bundle)."""
+        self.engine.load_weights(bundle)
+        self.version = bundle.version
+        return self.version
+
+    def get_version(self) -> int:
+        return self.version
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.engine.state_dict()

@@ -1,0 +1,74 @@
+"""Weights through the object store: one flat byte buffer plus an index, put once per version.
+
+A ``WeightBundle`` holds a contiguous ``numpy.uint8`` buffer, so ``ray.put`` stores it once and every
+actor on the node reads it zero-copy from shared memory; tensors are rebuilt as views of it.
+bfloat16 travels as raw bytes (numpy has no bfloat16).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # torch dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+    offset: int  # byte offset into the buffer
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class WeightBundle:
+    version: int
+    index: tuple[TensorEntry, ...]
+    buffer: np.ndarray  # uint8, contiguous
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.buffer.nbytes)
+
+
+ALIGNMENT = 64  # keep every tensor cache-line aligned inside the buffer
+
+
+def flatten_state_dict(state_dict: dict[str, torch.Tensor], version: int) -> WeightBundle:
+    """Copy ``state_dict`` into one aligned byte buffer and describe where each tensor lives."""
+    entries, offset = [], 0
+    for name, tensor in state_dict.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        entries.append(TensorEntry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset, nbytes))
+        offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
+    buffer = np.empty(offset, dtype=np.uint8)
+    flat = torch.from_numpy(buffer)
+    for entry, tensor in zip(entries, state_dict.values()):
+        src = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+        flat[entry.offset : entry.offset + entry.nbytes].copy_(src)
+    return WeightBundle(version=version, index=tuple(entries), buffer=buffer)
+
+
+def unflatten(bundle: WeightBundle) -> dict[str, torch.Tensor]:
+    """Tensors of ``bundle`` as read-only views of its buffer (no copy). Copy before writing."""
+    with warnings.catch_warnings():  # the object store hands out read-only memory; we only read it
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.frombuffer(bundle.buffer, dtype=torch.uint8) if bundle.nbytes else torch.empty(0, dtype=torch.uint8)
+    return {
+        e.name: flat[e.offset : e.offset + e.nbytes].view(getattr(torch, e.dtype)).view(e.shape) for e in bundle.index
+    }
+
+
+def load_into(model: torch.nn.Module, bundle: WeightBundle) -> None:
+    """Copy the bundle's tensors into ``model``'s parameters and buffers, in place."""
+    own = model.state_dict()
+    tensors = unflatten(bundle)
+    missing = [name for name in tensors if name not in own]
+    if missing:
+        raise KeyError(f"weight bundle v{bundle.version} has tensors the model lacks: {missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            own[name].copy_(tensor)

@@ -1,0 +1,184 @@
+"""Typed configuration: the single source of every default.
+
+One tree of pydantic models. TOML experiment files load into it (see
+``rayrl.config_loading``); ``--section.key value`` on the command line overrides any
+field. Names follow prime-rl where its users already have one (``max_steps``,
+``batch_size``, ``rollouts_per_example``, ``seq_len``, ``[model] name``, ``[optim] lr``,
+``[sampling] max_tokens``, ``[[env]] id/args``, ``[ckpt] interval/keep/resume_step``,
+``[wandb] project/name``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Shape of the embedded Qwen3-architecture model built locally (``model.name = "builtin:tiny-qwen3"``)."""
+
+    hidden_size: int = Field(128, ge=8, description="Width of the residual stream.")
+    num_layers: int = Field(4, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(512, ge=8, description="Width of the MLP.")
+    max_position_embeddings: int = Field(256, ge=16, description="Longest sequence the model accepts.")
+    seed: int = Field(0, description="Seed of the random initialisation.")
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "builtin:tiny-qwen3",
+        description='Hugging Face id or local directory; "builtin:tiny-qwen3" builds the embedded tiny model locally.',
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Shape of the builtin model.")
+    cache_dir: str | None = Field(
+        None, description="Where built base models are cached; default $RAYRL_CACHE_DIR or ~/.cache/rayrl."
+    )
+
+
+class WarmstartConfig(Section):
+    """A short supervised pass on the task format, so RL starts from a policy that sometimes succeeds."""
+
+    enabled: bool = Field(True, description="Run the supervised warm-start before RL (cached with the base model).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate of the supervised pass.")
+    batch_size: int = Field(64, ge=1, description="Examples per supervised step.")
+    max_steps: int = Field(3000, ge=1, description="Give up after this many supervised steps.")
+    check_interval: int = Field(10, ge=1, description="Measure greedy accuracy every this many steps.")
+    check_examples: int = Field(500, ge=10, description="Validation examples (from the train split) per check.")
+    target_accuracy: float = Field(
+        0.3, ge=0, le=1, description="Stop at the first check whose greedy accuracy reaches this."
+    )
+    max_accuracy: float = Field(
+        0.45, ge=0, le=1, description="Never hand RL a model above this: back off and take smaller steps."
+    )
+    seed: int = Field(0, description="Seed of the supervised data order.")
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_norm: float = Field(1.0, gt=0, description="Gradient clipping: maximum global L2 norm.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps (then constant).")
+
+
+class AlgorithmConfig(Section):
+    name: Literal["grpo"] = Field("grpo", description="RL algorithm.")
+    clip_low: float = Field(0.2, ge=0, description="Lower clip of the importance ratio: 1 - clip_low.")
+    clip_high: float = Field(0.2, ge=0, description="Upper clip of the importance ratio: 1 + clip_high.")
+    std_normalize: bool = Field(False, description="Divide group-relative advantages by the group's std.")
+    max_off_policy_steps: int = Field(0, ge=0, description="Bounded staleness k (0 = synchronous).")
+
+
+class SamplingConfig(Section):
+    max_tokens: int = Field(8, ge=1, description="Maximum new tokens per completion.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+
+
+class EnvConfig(Section):
+    id: str = Field("arithmetic", description="Environment id (builtin name).")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
+    weight: float = Field(1.0, gt=0, description="Share of the batch when mixing environments.")
+
+
+class InferenceConfig(Section):
+    replicas: int = Field(1, ge=1, description="Number of InferenceActors.")
+    engine: Literal["transformers"] = Field("transformers", description="Inference engine.")
+    gpus_per_replica: float = Field(0, ge=0, description="GPUs reserved by each replica (0 on CPU).")
+    cpus_per_replica: float = Field(1, ge=0, description="CPUs reserved by each replica.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads of each replica.")
+    max_batch_size: int = Field(512, ge=1, description="Largest number of sequences decoded together.")
+
+
+class LearnerConfig(Section):
+    workers: int = Field(1, ge=1, description="Learner actors in the torch.distributed group.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs reserved by each learner (0 on CPU).")
+    cpus_per_worker: float = Field(1, ge=0, description="CPUs reserved by each learner.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads of each learner.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass on one learner.")
+    backend: Literal["fsdp2"] = Field("fsdp2", description="Data-parallel backend.")
+
+
+class RolloutConfig(Section):
+    workers: int = Field(1, ge=1, description="RolloutWorker actors.")
+    cpus_per_worker: float = Field(0, ge=0, description="CPUs reserved by each rollout worker.")
+
+
+class EvalConfig(Section):
+    interval: int = Field(25, ge=0, description="Evaluate on the held-out split every this many steps (0 = never).")
+    num_examples: int = Field(1000, ge=1, description="Held-out examples per evaluation (capped by the split).")
+    temperature: float = Field(0.0, ge=0, description="Eval sampling temperature (0 = greedy).")
+    at_start: bool = Field(True, description="Evaluate the starting policy before any update.")
+
+
+class CheckpointConfig(Section):
+    interval: int = Field(50, ge=0, description="Save every this many steps (0 = only at the end).")
+    keep: int | None = Field(3, ge=1, description="Keep the newest N checkpoints (None = all).")
+    resume_step: int | None = Field(None, ge=-1, description="-1 = resume from latest, N = from step N, None = fresh.")
+    at_end: bool = Field(True, description="Save a checkpoint after the last step.")
+
+
+class WandbConfig(Section):
+    project: str | None = Field(None, description="Weights & Biases project; None disables wandb.")
+    name: str | None = Field(None, description="Run name in wandb (default: the run name).")
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Driver log level.")
+    progress: bool = Field(True, description="Show a progress bar over max_steps.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Existing cluster to join (default $RAY_ADDRESS, else start one).")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started cluster (default: all).")
+    dashboard: bool = Field(False, description="Start the dashboard with a local cluster.")
+
+
+class Config(Section):
+    """A whole rayrl run."""
+
+    name: str = Field("rayrl", description="Run name: the Ray namespace and the default output folder.")
+    seed: int = Field(0, description="Seed of data order and sampling.")
+    max_steps: int = Field(100, ge=0, description="RL steps (optimizer updates) to run.")
+    batch_size: int = Field(256, ge=1, description="Samples (completions) per step.")
+    rollouts_per_example: int = Field(8, ge=1, description="Completions per prompt: the GRPO group size.")
+    seq_len: int = Field(64, ge=2, description="Longest prompt plus completion, in tokens.")
+    output_dir: str | None = Field(None, description="Run folder (default runs/<name>-<timestamp>).")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    warmstart: WarmstartConfig = Field(default_factory=WarmstartConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    env: list[EnvConfig] = Field(default_factory=lambda: [EnvConfig()], min_length=1)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ckpt: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _batch_divides_into_groups(self) -> Config:
+        if self.batch_size % self.rollouts_per_example:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_example "
+                f"({self.rollouts_per_example}): each prompt is sampled rollouts_per_example times"
+            )
+        return self
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.rollouts_per_example

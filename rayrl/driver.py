@@ -1,0 +1,316 @@
+"""The driver: the RL loop. It schedules rollouts, computes advantages, drives the learner group,
+publishes weights to the replicas, evaluates, checkpoints and logs. It holds no model weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayrl.actors.engine import SamplingParams
+from rayrl.actors.learner import LearnerGroup, TrainSample
+from rayrl.actors.rollout import Rollout, RolloutWorker, Task, split_contiguous
+from rayrl.algorithms.grpo import group_advantages
+from rayrl.checkpoint import CheckpointError, CheckpointStore
+from rayrl.cluster import connect
+from rayrl.config import Config
+from rayrl.data import ExampleSampler, allocate
+from rayrl.envs import make_env
+from rayrl.models.loading import resolve_base_model
+from rayrl.tracking import MetricsWriter, format_step_line
+
+log = logging.getLogger("rayrl")
+
+EVAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_step: int
+    metrics: list[dict[str, Any]]
+
+
+def resolve_output_dir(cfg: Config) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir).resolve()
+    if cfg.ckpt.resume_step is not None:
+        raise CheckpointError("ckpt.resume_step is set: pass --output-dir RUN_DIR of the run to resume")
+    return Path("runs", f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+
+
+def step_seed(seed: int, step: int, worker: int) -> int:
+    """Sampling seed of one worker's requests at one step: fixed by (seed, step), so resumes repeat it."""
+    return (seed * 1_000_003 + step * 7_919 + worker * 131) % (2**62)
+
+
+class Trainer:
+    """Builds the actors for one run and runs the loop from the start or a checkpoint."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.output_dir = resolve_output_dir(cfg)
+        self.store = CheckpointStore(self.output_dir / "checkpoints", keep=cfg.ckpt.keep)
+        self.resume_dir = self.store.resolve(cfg.ckpt.resume_step)
+        if self.resume_dir is None and self.store.steps():
+            raise CheckpointError(
+                f"{self.output_dir} already holds checkpoints (steps {self.store.steps()}); pass "
+                "--ckpt.resume_step -1 to continue that run, or choose another --output-dir"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.store.remove_stale_staging():
+            log.warning("removed %s, the leftover of an interrupted checkpoint save", name)
+        self.envs = [make_env(e.id, e.args) for e in cfg.env]
+        self.train_examples = [env.examples("train") for env in self.envs]
+        self.eval_examples = [env.examples("eval")[: cfg.eval.num_examples] for env in self.envs]
+        self.samplers = [ExampleSampler(len(ex), cfg.seed + i) for i, ex in enumerate(self.train_examples)]
+        self.step, self.version = 0, 0
+        self.namespace = self.output_dir.name
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def start_actors(self) -> None:
+        import ray
+
+        cfg = self.cfg
+        base_path, base_info = resolve_base_model(cfg)
+        self.base_info = base_info
+        if "warmstart" in base_info:
+            ws = base_info["warmstart"]
+            log.info(
+                "base model %s (%s): supervised warm-start on '%s', %d steps, greedy validation accuracy %.3f",
+                base_path, "cached" if base_info.get("cached") else "built now", ws["env"], ws["steps"],
+                ws["validation_accuracy"],
+            )
+        policy_path = str(self.resume_dir) if self.resume_dir else base_path
+        if self.resume_dir:
+            info = self.store.read_info(self.resume_dir)
+            self.step, self.version = info["step"], info["policy_version"]
+            for sampler, state in zip(self.samplers, info["data"]["samplers"]):
+                sampler.load_state_dict(state)
+            restore_rng(info["rng"])
+            log.info("resuming from %s (step %d, policy version %d)", self.resume_dir, self.step, self.version)
+        ic, rc = cfg.inference, cfg.rollout
+        replica_cls = ray.remote(_inference_actor_class())
+        self.replicas = [
+            replica_cls.options(
+                name=f"replica-{i}", namespace=self.namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
+            ).remote(policy_path, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, self.version)
+            for i in range(ic.replicas)
+        ]
+        self.learners = LearnerGroup(cfg, base_path, self.namespace, str(self.resume_dir) if self.resume_dir else None)
+        worker_cls = ray.remote(RolloutWorker)
+        self.workers = [
+            worker_cls.options(name=f"rollout-{i}", namespace=self.namespace, num_cpus=rc.cpus_per_worker).remote(
+                cfg.env, policy_path, self.replicas, i
+            )
+            for i in range(rc.workers)
+        ]
+        ray.get([r.get_version.remote() for r in self.replicas])
+
+    def shutdown(self) -> None:
+        import ray
+
+        if hasattr(self, "learners"):
+            self.learners.shutdown()
+        for actor in getattr(self, "replicas", []) + getattr(self, "workers", []):
+            ray.kill(actor)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def next_tasks(self) -> list[Task]:
+        counts = allocate(self.cfg.prompts_per_step, [e.weight for e in self.cfg.env])
+        tasks = []
+        for env_index, count in enumerate(counts):
+            for i in self.samplers[env_index].take(count):
+                tasks.append(Task(env_index, self.train_examples[env_index][i], self.cfg.rollouts_per_example))
+        return tasks
+
+    def run_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list[list[Rollout]]:
+        """Spread tasks over the workers; returns each task's rollouts, in task order."""
+        import ray
+
+        chunks = split_contiguous(tasks, len(self.workers))
+        refs = [
+            w.rollout.remote(chunk, SamplingParams(params.max_tokens, params.temperature, params.top_p, step_seed(params.seed, step, i)))
+            for i, (w, chunk) in enumerate(zip(self.workers, chunks)) if chunk
+        ]
+        groups: list[list[Rollout]] = []
+        for rollouts in ray.get(refs):
+            by_group: dict[int, list[Rollout]] = {}
+            for r in rollouts:
+                by_group.setdefault(r.group, []).append(r)
+            groups.extend(by_group[g] for g in sorted(by_group))
+        return groups
+
+    def sampling(self) -> SamplingParams:
+        s = self.cfg.sampling
+        return SamplingParams(s.max_tokens, s.temperature, s.top_p, self.cfg.seed)
+
+    def train_step(self) -> dict[str, Any]:
+        import ray
+
+        start = time.perf_counter()
+        step = self.step + 1
+        groups = self.run_rollouts(self.next_tasks(), self.sampling(), step)
+        t_rollout = time.perf_counter() - start
+        samples, stats = build_train_samples(groups, self.cfg.algorithm.std_normalize)
+        t0 = time.perf_counter()
+        update: dict[str, Any] = {}
+        if samples:  # every group tied: no gradient at all this step, the policy stays as it is
+            update = self.learners.update(samples)
+            self.version += 1
+        t_update = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if samples:
+            ref = self.learners.publish_weights(self.version)
+            ray.get([r.load_weights.remote(ref) for r in self.replicas])
+        t_publish = time.perf_counter() - t0
+        self.step = step
+        elapsed = time.perf_counter() - start
+        metrics = {
+            "step": step, "policy_version": self.version, **stats, **update,
+            "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
+            "time/rollout_s": t_rollout, "time/update_s": t_update, "time/publish_s": t_publish,
+        }
+        metrics.update(per_env_rewards(groups, self.cfg, prefix="reward/"))
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out evaluation: ``eval.num_examples`` per environment, one sample each."""
+        tasks = [Task(i, ex, 1) for i, examples in enumerate(self.eval_examples) for ex in examples]
+        params = SamplingParams(self.cfg.sampling.max_tokens, self.cfg.eval.temperature, 1.0, self.cfg.seed + EVAL_SEED_OFFSET)
+        groups = self.run_rollouts(tasks, params, step=0)
+        rewards = [r.reward for g in groups for r in g]
+        return {"eval_reward_mean": float(np.mean(rewards)), **per_env_rewards(groups, self.cfg, prefix="eval/")}
+
+    def save_checkpoint(self) -> Path:
+        staging = self.store.staging(self.step)
+        self.learners.save(str(staging))
+        info = {
+            "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
+            "rng": capture_rng(), "data": {"samplers": [s.state_dict() for s in self.samplers]},
+            "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"),
+        }
+        path = self.store.commit(staging, self.step, info)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        writer = MetricsWriter(cfg, self.output_dir, self.step if self.resume_dir else None)
+        history: list[dict[str, Any]] = []
+        if self.resume_dir is None and cfg.eval.interval and cfg.eval.at_start:
+            t0 = time.perf_counter()
+            first = {"step": 0, "policy_version": self.version, **self.evaluate(), "time/eval_s": time.perf_counter() - t0}
+            log.info("Step 0 | Eval: %.4f (before any update)", first["eval_reward_mean"])
+            writer.write(first)
+            history.append(first)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="rl steps", unit="step", disable=not cfg.log.progress, dynamic_ncols=True)
+        last_saved = self.step if self.resume_dir else None
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self.train_step()
+                last = self.step == cfg.max_steps
+                if cfg.eval.interval and (self.step % cfg.eval.interval == 0 or last):
+                    t0 = time.perf_counter()
+                    metrics.update(self.evaluate())
+                    metrics["time/eval_s"] = time.perf_counter() - t0
+                if (cfg.ckpt.interval and self.step % cfg.ckpt.interval == 0) or (last and cfg.ckpt.at_end):
+                    self.save_checkpoint()
+                    last_saved = self.step
+                writer.write(metrics)
+                history.append(metrics)
+                bar.update(1)
+                (bar.write if cfg.log.progress else log.info)(format_step_line(metrics))
+        finally:
+            bar.close()
+            writer.close()
+        if last_saved != self.step and cfg.ckpt.at_end:
+            self.save_checkpoint()
+        return RunResult(self.output_dir, self.step, history)
+
+
+def _inference_actor_class():
+    from rayrl.actors.inference import InferenceActor
+
+    return InferenceActor
+
+
+def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tuple[list[TrainSample], dict[str, float]]:
+    """Group-relative advantages; groups whose rewards are all equal carry no signal and are dropped."""
+    rewards = np.array([[r.reward for r in g] for g in groups], dtype=np.float64)
+    advantages = group_advantages(rewards, std_normalize)
+    samples: list[TrainSample] = []
+    for group, adv in zip(groups, advantages):
+        if np.all(adv == 0):
+            continue
+        for r, a in zip(group, adv):
+            samples.append(
+                TrainSample(
+                    token_ids=np.array(r.prompt_ids + r.completion_ids, dtype=np.int64),
+                    completion_start=len(r.prompt_ids),
+                    old_logprobs=np.array(r.logprobs, dtype=np.float32),
+                    advantage=float(a),
+                )
+            )
+    flat = [r for g in groups for r in g]
+    seq_lens = [len(r.prompt_ids) + len(r.completion_ids) for r in flat]
+    stats = {
+        "reward_mean": float(rewards.mean()),
+        "reward_std": float(rewards.std()),
+        "tokens": float(sum(seq_lens)),
+        "seq_len_mean": float(np.mean(seq_lens)),
+        "completion_len_mean": float(np.mean([len(r.completion_ids) for r in flat])),
+        "truncated_fraction": float(np.mean([r.finish_reason == "length" for r in flat])),
+        "zero_advantage_group_fraction": float(np.mean([np.all(a == 0) for a in advantages])),
+        "train_samples": len(samples),
+    }
+    return samples, stats
+
+
+def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:
+    by_env: dict[int, list[float]] = {}
+    for g in groups:
+        for r in g:
+            by_env.setdefault(r.env_index, []).append(r.reward)
+    return {f"{prefix}{cfg.env[i].id}/reward_mean": float(np.mean(v)) for i, v in sorted(by_env.items())}
+
+
+def capture_rng() -> dict[str, Any]:
+    """Driver RNG states (JSON-safe). The loop's own randomness is seeded per step; these are for user code."""
+    state = np.random.get_state()
+    return {
+        "python": repr(random.getstate()),
+        "numpy": {"key": state[1].tolist(), "pos": int(state[2])},
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    import ast
+
+    random.setstate(ast.literal_eval(rng["python"]))
+    np.random.set_state(("MT19937", np.array(rng["numpy"]["key"], dtype=np.uint32), rng["numpy"]["pos"], 0, 0.0))
+
+
+def train(cfg: Config) -> RunResult:
+    """Run ``cfg`` end to end on the connected (or a new local) Ray cluster."""
+    import ray
+
+    trainer = Trainer(cfg)  # validates the output folder and resume point before any actor starts
+    owns_ray = connect(cfg.ray)
+    try:
+        trainer.start_actors()
+        return trainer.run()
+    finally:
+        trainer.shutdown()
+        if owns_ray:
+            ray.shutdown()

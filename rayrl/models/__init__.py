@@ -1,0 +1,1 @@
+"""Models: the embedded tiny Qwen3 model and tokenizer, loading by name, the supervised warm-start."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: one real local Ray cluster per session, small configs, a cached warm-started tiny model."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from rayrl.config import Config  # noqa: E402
+
+# Small enough to run in seconds on 2 cores, big enough to learn 1-digit addition.
+SMALL = {
+    "name": "test",
+    "seed": 0,
+    "max_steps": 4,
+    "batch_size": 32,
+    "rollouts_per_example": 4,
+    "seq_len": 16,
+    "model": {"name": "builtin:tiny-qwen3", "tiny": {"hidden_size": 64, "num_layers": 2, "intermediate_size": 128}},
+    "warmstart": {"enabled": True, "lr": 3e-3, "batch_size": 64, "check_interval": 10, "check_examples": 20,
+                  "target_accuracy": 0.3, "max_accuracy": 0.7, "max_steps": 400},
+    "optim": {"lr": 3e-4},
+    "sampling": {"max_tokens": 3, "temperature": 1.0},
+    "env": [{"id": "arithmetic", "args": {"digits": 1, "eval_size": 30}}],
+    "inference": {"replicas": 1, "threads": 1, "cpus_per_replica": 0.5},
+    "learner": {"workers": 1, "threads": 1, "cpus_per_worker": 0.5, "micro_batch_size": 16},
+    "rollout": {"workers": 1},
+    "eval": {"interval": 2, "num_examples": 30},
+    "ckpt": {"interval": 2, "keep": None},
+    "log": {"progress": False},
+}
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def small_config(model_cache):
+    """Factory of small Configs: ``small_config(output_dir, max_steps=6, learner={"workers": 2})``."""
+
+    def make(output_dir: Path | None = None, **extra) -> Config:
+        raw = merge(SMALL, extra)
+        raw["model"]["cache_dir"] = str(model_cache)
+        if output_dir is not None:
+            raw["output_dir"] = str(output_dir)
+        return Config.model_validate(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster with logical CPUs to spare (actors use fractions), no dashboard."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_model_path(ray_cluster, model_cache) -> str:
+    """The warm-started small model, built once per session through the real resolver."""
+    from rayrl.models.loading import resolve_base_model
+
+    raw = merge(SMALL, {"model": {"cache_dir": str(model_cache)}})
+    path, _ = resolve_base_model(Config.model_validate(raw))
+    return path

@@ -1,0 +1,78 @@
+"""End-to-end runs of the driver on the real local cluster: checkpoints, resume, learning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from rayrl.checkpoint import CheckpointError
+from rayrl.driver import train
+from rayrl.tracking import read_metrics
+
+TIMING_KEYS = ("step_time_s", "tokens_per_s", "time/")
+
+
+def comparable(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith(TIMING_KEYS)}
+
+
+def test_run_writes_metrics_log_line_fields_and_checkpoints(ray_cluster, small_config, base_model_path, tmp_path):
+    result = train(small_config(tmp_path / "run", max_steps=4))
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert "eval_reward_mean" in metrics[0] and metrics[0]["policy_version"] == 0
+    for m in metrics[1:]:
+        assert {"reward_mean", "step_time_s", "tokens_per_s", "seq_len_mean", "policy_version"} <= m.keys()
+    assert [("eval_reward_mean" in m) for m in metrics[1:]] == [False, True, False, True]
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_4"
+    for step in (2, 4):
+        files = {p.name for p in (ckpts / f"step_{step}").iterdir()}
+        assert {"model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "training_info.json",
+                "tokenizer.json"} <= files
+    info = json.loads((ckpts / "step_4" / "training_info.json").read_text())
+    assert info["step"] == 4 and info["policy_version"] == metrics[-1]["policy_version"]
+    assert info["config"]["max_steps"] == 4 and "samplers" in info["data"] and "numpy" in info["rng"]
+    assert result.final_step == 4
+
+
+def test_resumed_run_continues_bit_for_bit(ray_cluster, small_config, base_model_path, tmp_path):
+    straight = tmp_path / "straight"
+    train(small_config(straight, max_steps=4))
+    stopped = tmp_path / "stopped"
+    train(small_config(stopped, max_steps=2))
+    train(small_config(stopped, max_steps=4, ckpt={"resume_step": -1, "interval": 2, "keep": None}))
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(stopped / "metrics.jsonl")
+    assert [m["step"] for m in b] == [0, 1, 2, 3, 4]  # no duplicated or missing steps after the resume
+    for ma, mb in zip(a, b):
+        assert comparable(ma) == comparable(mb), ma["step"]
+    wa = load_file(straight / "checkpoints" / "step_4" / "model.safetensors")
+    wb = load_file(stopped / "checkpoints" / "step_4" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(ray_cluster, small_config, base_model_path, tmp_path):
+    train(small_config(tmp_path, max_steps=1, eval={"interval": 0}))
+    with pytest.raises(CheckpointError, match="already holds checkpoints.*resume_step -1"):
+        train(small_config(tmp_path, max_steps=2))
+
+
+def test_resume_step_that_does_not_exist_names_the_available_ones(small_config, tmp_path):
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        train(small_config(tmp_path, ckpt={"resume_step": -1}))
+
+
+@pytest.mark.slow
+def test_rl_raises_held_out_reward(ray_cluster, small_config, base_model_path, tmp_path):
+    cfg = small_config(
+        tmp_path, max_steps=40, batch_size=64, rollouts_per_example=8, eval={"interval": 40, "num_examples": 30},
+        ckpt={"interval": 0}, optim={"lr": 1e-3},
+    )
+    metrics = read_metrics(train(cfg).output_dir / "metrics.jsonl")
+    first, last = metrics[0]["eval_reward_mean"], metrics[-1]["eval_reward_mean"]
+    rewards = [m["reward_mean"] for m in metrics[1:]]
+    assert last >= first + 0.15, (first, last)
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10
