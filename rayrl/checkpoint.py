@@ -33,9 +33,9 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointStore:
-    def __init__(self, root: str | Path, keep: int | None = None):
+    def __init__(self, root: str | Path, keep: int = 0):
         self.root = Path(root)
-        self.keep = keep
+        self.keep = keep  # 0 keeps every checkpoint
 
     def path(self, step: int) -> Path:
         return self.root / f"step_{step}"
@@ -93,7 +93,7 @@ class CheckpointStore:
 
     def rotate(self) -> None:
         """Delete the oldest checkpoints beyond ``keep``; never the one ``latest`` names."""
-        if self.keep is None:
+        if not self.keep:
             return
         latest = self.latest_step()
         for step in self.steps()[: -self.keep]:

@@ -9,10 +9,13 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rayrl", description="Ray-native RL post-training of language models.")
+    parser = argparse.ArgumentParser(
+        prog="rayrl", description="Ray-native RL post-training of language models.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",
+        allow_abbrev=False,
         help="run an experiment end to end",
         description="Run an experiment. Any config key can be overridden: --optim.lr 1e-4 --max_steps 50.",
     )

@@ -32,6 +32,15 @@ class TinyModelConfig(Section):
     max_position_embeddings: int = Field(256, ge=16, description="Longest sequence the model accepts.")
     seed: int = Field(0, description="Seed of the random initialisation.")
 
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.tiny: hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}), "
+                f"and num_heads a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        return self
+
 
 class ModelConfig(Section):
     name: str = Field(
@@ -61,6 +70,14 @@ class WarmstartConfig(Section):
         0.45, ge=0, le=1, description="Never hand RL a model above this: back off and take smaller steps."
     )
     seed: int = Field(0, description="Seed of the supervised data order.")
+
+    @model_validator(mode="after")
+    def _target_below_max(self) -> WarmstartConfig:
+        if self.target_accuracy > self.max_accuracy:
+            raise ValueError(
+                f"warmstart: target_accuracy ({self.target_accuracy}) must not exceed max_accuracy ({self.max_accuracy})"
+            )
+        return self
 
 
 class OptimConfig(Section):
@@ -94,16 +111,16 @@ class EnvConfig(Section):
 class InferenceConfig(Section):
     replicas: int = Field(1, ge=1, description="Number of InferenceActors.")
     engine: Literal["transformers"] = Field("transformers", description="Inference engine.")
-    gpus_per_replica: float = Field(0, ge=0, description="GPUs reserved by each replica (0 on CPU).")
-    cpus_per_replica: float = Field(1, ge=0, description="CPUs reserved by each replica.")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica (0 on CPU).")
+    cpus_per_replica: float = Field(1.0, ge=0, description="CPUs reserved by each replica.")
     threads: int = Field(2, ge=1, description="torch intra-op threads of each replica.")
     max_batch_size: int = Field(512, ge=1, description="Largest number of sequences decoded together.")
 
 
 class LearnerConfig(Section):
     workers: int = Field(1, ge=1, description="Learner actors in the torch.distributed group.")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs reserved by each learner (0 on CPU).")
-    cpus_per_worker: float = Field(1, ge=0, description="CPUs reserved by each learner.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved by each learner (0 on CPU).")
+    cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved by each learner.")
     threads: int = Field(2, ge=1, description="torch intra-op threads of each learner.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass on one learner.")
     backend: Literal["fsdp2"] = Field("fsdp2", description="Data-parallel backend.")
@@ -111,7 +128,7 @@ class LearnerConfig(Section):
 
 class RolloutConfig(Section):
     workers: int = Field(1, ge=1, description="RolloutWorker actors.")
-    cpus_per_worker: float = Field(0, ge=0, description="CPUs reserved by each rollout worker.")
+    cpus_per_worker: float = Field(0.0, ge=0, description="CPUs reserved by each rollout worker.")
 
 
 class EvalConfig(Section):
@@ -123,7 +140,7 @@ class EvalConfig(Section):
 
 class CheckpointConfig(Section):
     interval: int = Field(50, ge=0, description="Save every this many steps (0 = only at the end).")
-    keep: int | None = Field(3, ge=1, description="Keep the newest N checkpoints (None = all).")
+    keep: int = Field(3, ge=0, description="Keep the newest N checkpoints (0 = keep all).")
     resume_step: int | None = Field(None, ge=-1, description="-1 = resume from latest, N = from step N, None = fresh.")
     at_end: bool = Field(True, description="Save a checkpoint after the last step.")
 
@@ -171,11 +188,21 @@ class Config(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
-    def _batch_divides_into_groups(self) -> Config:
+    def _consistent(self) -> Config:
         if self.batch_size % self.rollouts_per_example:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of rollouts_per_example "
                 f"({self.rollouts_per_example}): each prompt is sampled rollouts_per_example times"
+            )
+        if self.sampling.max_tokens >= self.seq_len:
+            raise ValueError(
+                f"sampling.max_tokens ({self.sampling.max_tokens}) must be below seq_len ({self.seq_len}), "
+                "which bounds prompt plus completion"
+            )
+        if self.model.name.startswith("builtin:") and self.seq_len > self.model.tiny.max_position_embeddings:
+            raise ValueError(
+                f"seq_len ({self.seq_len}) exceeds model.tiny.max_position_embeddings "
+                f"({self.model.tiny.max_position_embeddings})"
             )
         return self
 

@@ -24,7 +24,8 @@ from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
 from rayrl.envs import make_env
 from rayrl.models.loading import resolve_base_model
-from rayrl.tracking import MetricsWriter, format_step_line
+from rayrl.plotting import plot_training_curves
+from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 
 log = logging.getLogger("rayrl")
 
@@ -108,7 +109,7 @@ class Trainer:
         worker_cls = ray.remote(RolloutWorker)
         self.workers = [
             worker_cls.options(name=f"rollout-{i}", namespace=self.namespace, num_cpus=rc.cpus_per_worker).remote(
-                cfg.env, policy_path, self.replicas, i
+                cfg.env, policy_path, self.replicas, i, cfg.seq_len
             )
             for i in range(rc.workers)
         ]
@@ -234,6 +235,8 @@ class Trainer:
         finally:
             bar.close()
             writer.close()
+            if writer.path.exists():  # plot whatever exists, also after a crash
+                plot_training_curves(read_metrics(writer.path), self.output_dir / "metrics.png", self.namespace)
         if last_saved != self.step and cfg.ckpt.at_end:
             self.save_checkpoint()
         return RunResult(self.output_dir, self.step, history)

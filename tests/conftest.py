@@ -12,7 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rayrl.config import Config  # noqa: E402
 
-# Small enough to run in seconds on 2 cores, big enough to learn 1-digit addition.
+# Small enough to run in seconds on 2 cores, big enough to learn (and generalise) 2-digit addition.
+# (On 1-digit addition, 100 pairs, it memorises the train pairs and held-out reward never rises.)
 SMALL = {
     "name": "test",
     "seed": 0,
@@ -21,16 +22,16 @@ SMALL = {
     "rollouts_per_example": 4,
     "seq_len": 16,
     "model": {"name": "builtin:tiny-qwen3", "tiny": {"hidden_size": 64, "num_layers": 2, "intermediate_size": 128}},
-    "warmstart": {"enabled": True, "lr": 3e-3, "batch_size": 64, "check_interval": 10, "check_examples": 20,
-                  "target_accuracy": 0.3, "max_accuracy": 0.7, "max_steps": 400},
+    "warmstart": {"enabled": True, "lr": 3e-3, "batch_size": 64, "check_interval": 10, "check_examples": 200,
+                  "target_accuracy": 0.3, "max_accuracy": 0.5, "max_steps": 2000},
     "optim": {"lr": 3e-4},
-    "sampling": {"max_tokens": 3, "temperature": 1.0},
-    "env": [{"id": "arithmetic", "args": {"digits": 1, "eval_size": 30}}],
+    "sampling": {"max_tokens": 4, "temperature": 1.0},
+    "env": [{"id": "arithmetic", "args": {"digits": 2, "eval_size": 200}}],
     "inference": {"replicas": 1, "threads": 1, "cpus_per_replica": 0.5},
     "learner": {"workers": 1, "threads": 1, "cpus_per_worker": 0.5, "micro_batch_size": 16},
     "rollout": {"workers": 1},
     "eval": {"interval": 2, "num_examples": 30},
-    "ckpt": {"interval": 2, "keep": None},
+    "ckpt": {"interval": 2, "keep": 0},
     "log": {"progress": False},
 }
 

@@ -36,6 +36,7 @@ def test_run_writes_metrics_log_line_fields_and_checkpoints(ray_cluster, small_c
     assert info["step"] == 4 and info["policy_version"] == metrics[-1]["policy_version"]
     assert info["config"]["max_steps"] == 4 and "samplers" in info["data"] and "numpy" in info["rng"]
     assert result.final_step == 4
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
 
 
 def test_resumed_run_continues_bit_for_bit(ray_cluster, small_config, base_model_path, tmp_path):
@@ -43,7 +44,7 @@ def test_resumed_run_continues_bit_for_bit(ray_cluster, small_config, base_model
     train(small_config(straight, max_steps=4))
     stopped = tmp_path / "stopped"
     train(small_config(stopped, max_steps=2))
-    train(small_config(stopped, max_steps=4, ckpt={"resume_step": -1, "interval": 2, "keep": None}))
+    train(small_config(stopped, max_steps=4, ckpt={"resume_step": -1, "interval": 2, "keep": 0}))
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(stopped / "metrics.jsonl")
     assert [m["step"] for m in b] == [0, 1, 2, 3, 4]  # no duplicated or missing steps after the resume
     for ma, mb in zip(a, b):
@@ -67,12 +68,14 @@ def test_resume_step_that_does_not_exist_names_the_available_ones(small_config, 
 
 @pytest.mark.slow
 def test_rl_raises_held_out_reward(ray_cluster, small_config, base_model_path, tmp_path):
+    """60 GRPO steps from the warm-started small model: held-out greedy reward rises (seen: 0.285 -> 0.49)."""
     cfg = small_config(
-        tmp_path, max_steps=40, batch_size=64, rollouts_per_example=8, eval={"interval": 40, "num_examples": 30},
-        ckpt={"interval": 0}, optim={"lr": 1e-3},
+        tmp_path, max_steps=60, batch_size=128, rollouts_per_example=8,
+        eval={"interval": 20, "num_examples": 200}, ckpt={"interval": 0},
     )
     metrics = read_metrics(train(cfg).output_dir / "metrics.jsonl")
-    first, last = metrics[0]["eval_reward_mean"], metrics[-1]["eval_reward_mean"]
+    evals = [m["eval_reward_mean"] for m in metrics if "eval_reward_mean" in m]
+    assert len(evals) == 4
+    assert min(evals[1:]) > evals[0] and evals[-1] >= evals[0] + 0.1, evals
     rewards = [m["reward_mean"] for m in metrics[1:]]
-    assert last >= first + 0.15, (first, last)
-    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10
+    assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20

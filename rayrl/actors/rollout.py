@@ -37,26 +37,30 @@ class Rollout:
 class RolloutWorker:
     """Builds prompts, spreads generation over the replicas, scores what comes back."""
 
-    def __init__(self, env_cfgs: list[EnvConfig], model_path: str, replicas: list, worker_index: int):
+    def __init__(self, env_cfgs: list[EnvConfig], model_path: str, replicas: list, worker_index: int, seq_len: int):
         from transformers import AutoTokenizer
 
         self.envs = [make_env(e.id, e.args) for e in env_cfgs]
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.replicas = replicas
         self.worker_index = worker_index
+        self.env_ids = [e.id for e in env_cfgs]
+        self.seq_len = seq_len
 
     def rollout(self, tasks: list[Task], params: SamplingParams) -> list[Rollout]:
         """Generate and score every task; prompts are split over the replicas in contiguous chunks."""
         import ray
 
         prompt_ids = [self.tokenizer(t.example.prompt).input_ids for t in tasks]
+        self._check_prompt_lengths(tasks, prompt_ids)
         chunks = split_contiguous(list(range(len(tasks))), len(self.replicas))
         calls = []
         for offset, (replica, chunk) in enumerate(zip(self.rotated_replicas(), chunks)):
             if not chunk:
                 continue
             prompts = [prompt_ids[i] for i in chunk for _ in range(tasks[i].samples)]
-            seeded = SamplingParams(params.max_tokens, params.temperature, params.top_p, params.seed + offset)
+            max_tokens = min(params.max_tokens, self.seq_len - max(len(p) for p in prompts))
+            seeded = SamplingParams(max_tokens, params.temperature, params.top_p, params.seed + offset)
             calls.append((chunk, replica.generate.remote(prompts, seeded)))
         rollouts: list[Rollout] = []
         for chunk, ref in calls:
@@ -66,6 +70,14 @@ class RolloutWorker:
                 for _ in range(tasks[i].samples):
                     rollouts.append(self._score(tasks[i], i, prompt_ids[i], next(completions), result.version))
         return rollouts
+
+    def _check_prompt_lengths(self, tasks: list[Task], prompt_ids: list[list[int]]) -> None:
+        for task, ids in zip(tasks, prompt_ids):
+            if len(ids) >= self.seq_len:
+                raise ValueError(
+                    f"environment '{self.env_ids[task.env_index]}', example {task.example.id}: the prompt is "
+                    f"{len(ids)} tokens, leaving no room under seq_len = {self.seq_len}; raise seq_len"
+                )
 
     def rotated_replicas(self) -> list:
         """Replicas starting at a different one per worker, so W workers spread over R replicas."""

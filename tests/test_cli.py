@@ -1,0 +1,59 @@
+"""The ``rayrl`` command as users run it: exit codes and the messages they read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rayrl.config_loading import config_reference_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rayrl(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayrl.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_unquoted_string_is_reported_with_file_line_and_fix(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('max_steps = 3\n[model]\nname = Qwen/Qwen3-0.6B\n')
+    out = rayrl("train", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}, line 3, column 8" in out.stderr
+    assert 'did you mean: name = "Qwen/Qwen3-0.6B"?' in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_override_names_the_closest_key():
+    out = rayrl("train", "experiments/default.toml", "--optim.lrr", "1e-4")
+    assert out.returncode == 2
+    assert "command line: unknown key 'optim.lrr'; did you mean 'optim.lr'?" in out.stderr
+
+
+def test_wrong_type_names_the_expected_type(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nlr = "fast"\n')
+    out = rayrl("train", str(bad))
+    assert out.returncode == 2
+    assert "line 2: key 'optim.lr' expects a float, got 'fast' (str)" in out.stderr
+
+
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused_before_starting_ray(tmp_path):
+    step = tmp_path / "checkpoints" / "step_5"
+    step.mkdir(parents=True)
+    (step / "training_info.json").write_text("{}")
+    out = rayrl("train", "experiments/default.toml", "--output-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "already holds checkpoints (steps [5])" in out.stderr and "--ckpt.resume_step -1" in out.stderr
+
+
+def test_every_shipped_experiment_resolves():
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        out = rayrl("config", str(path))
+        assert out.returncode == 0, (path, out.stderr)
+
+
+def test_readme_config_reference_is_current():
+    """README carries the generated table; regenerate with: rayrl config --reference."""
+    assert config_reference_markdown().strip() in (ROOT / "README.md").read_text()
