@@ -215,7 +215,11 @@ class Trainer:
             log.info("Step 0 | Eval: %.4f (before any update)", first["eval_reward_mean"])
             writer.write(first)
             history.append(first)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="rl steps", unit="step", disable=not cfg.log.progress, dynamic_ncols=True)
+        # disable=None: a bar on terminals only; logs (CI, ray job logs) get just the step lines.
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, desc="rl steps", unit="step",
+            disable=None if cfg.log.progress else True, dynamic_ncols=True,
+        )
         last_saved = self.step if self.resume_dir else None
         try:
             while self.step < cfg.max_steps:
@@ -231,7 +235,7 @@ class Trainer:
                 writer.write(metrics)
                 history.append(metrics)
                 bar.update(1)
-                (bar.write if cfg.log.progress else log.info)(format_step_line(metrics))
+                (log.info if bar.disable else bar.write)(format_step_line(metrics))
         finally:
             bar.close()
             writer.close()

@@ -79,3 +79,15 @@ def test_rl_raises_held_out_reward(ray_cluster, small_config, base_model_path, t
     assert min(evals[1:]) > evals[0] and evals[-1] >= evals[0] + 0.1, evals
     rewards = [m["reward_mean"] for m in metrics[1:]]
     assert sum(rewards[-20:]) / 20 > sum(rewards[:20]) / 20
+
+
+def test_two_replicas_two_learners_two_workers_run_together(ray_cluster, small_config, base_model_path, tmp_path):
+    """Every role scaled to 2: rollouts spread over both replicas, FSDP2 over both learners."""
+    cfg = small_config(
+        tmp_path, max_steps=2, inference={"replicas": 2}, learner={"workers": 2}, rollout={"workers": 2},
+        eval={"interval": 2, "num_examples": 30},
+    )
+    metrics = read_metrics(train(cfg).output_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert metrics[-1]["policy_version"] >= 1 and "eval_reward_mean" in metrics[-1]
+    assert (tmp_path / "checkpoints" / "step_2" / "model.safetensors").exists()
