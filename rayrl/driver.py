@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 log = logging.getLogger("rayrl")
 
 EVAL_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class PendingStep:
+    """Rollouts submitted for a future step, and the data position before they were drawn."""
+
+    step: int
+    data_position: list[dict[str, int]]
+    refs: list
 
 
 @dataclass
@@ -73,6 +83,8 @@ class Trainer:
         self.eval_examples = [env.examples("eval")[: cfg.eval.num_examples] for env in self.envs]
         self.samplers = [ExampleSampler(len(ex), cfg.seed + i) for i, ex in enumerate(self.train_examples)]
         self.step, self.version = 0, 0
+        self.pending: deque[PendingStep] = deque()
+        self.weight_loads: list = []  # replicas' load_weights calls of the newest version
         self.namespace = self.output_dir.name
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -132,15 +144,19 @@ class Trainer:
                 tasks.append(Task(env_index, self.train_examples[env_index][i], self.cfg.rollouts_per_example))
         return tasks
 
-    def run_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list[list[Rollout]]:
-        """Spread tasks over the workers; returns each task's rollouts, in task order."""
-        import ray
-
+    def submit_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list:
+        """Spread tasks over the workers without waiting; returns the workers' object refs."""
         chunks = split_contiguous(tasks, len(self.workers))
-        refs = [
-            w.rollout.remote(chunk, SamplingParams(params.max_tokens, params.temperature, params.top_p, step_seed(params.seed, step, i)))
+        return [
+            w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i)))
             for i, (w, chunk) in enumerate(zip(self.workers, chunks)) if chunk
         ]
+
+    @staticmethod
+    def collect_rollouts(refs: list) -> list[list[Rollout]]:
+        """Wait for submitted rollouts; returns each task's group of rollouts, in task order."""
+        import ray
+
         groups: list[list[Rollout]] = []
         for rollouts in ray.get(refs):
             by_group: dict[int, list[Rollout]] = {}
@@ -149,17 +165,41 @@ class Trainer:
             groups.extend(by_group[g] for g in sorted(by_group))
         return groups
 
+    def run_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list[list[Rollout]]:
+        return self.collect_rollouts(self.submit_rollouts(tasks, params, step))
+
     def sampling(self) -> SamplingParams:
         s = self.cfg.sampling
         return SamplingParams(s.max_tokens, s.temperature, s.top_p, self.cfg.seed)
+
+    def fill_pipeline(self) -> None:
+        """Keep rollouts for the next k+1 steps in flight (k = algorithm.max_off_policy_steps).
+
+        With k = 0 this submits only the next step, after the replicas hold the newest weights:
+        synchronous on-policy training. With k >= 1 generation for steps n+1..n+k runs while the
+        learner trains step n; replicas swap weights between calls, never inside one.
+        """
+        depth = self.cfg.algorithm.max_off_policy_steps + 1
+        while len(self.pending) < depth:
+            step = self.step + len(self.pending) + 1
+            if step > self.cfg.max_steps:
+                return
+            data_position = [sampler.state_dict() for sampler in self.samplers]
+            self.pending.append(PendingStep(step, data_position, self.submit_rollouts(self.next_tasks(), self.sampling(), step)))
+
+    def data_position(self) -> list[dict[str, int]]:
+        """Where the data order stands after the last trained step (in-flight batches not consumed)."""
+        return self.pending[0].data_position if self.pending else [s.state_dict() for s in self.samplers]
 
     def train_step(self) -> dict[str, Any]:
         import ray
 
         start = time.perf_counter()
-        step = self.step + 1
-        groups = self.run_rollouts(self.next_tasks(), self.sampling(), step)
-        t_rollout = time.perf_counter() - start
+        self.fill_pipeline()
+        pending = self.pending.popleft()
+        groups = self.collect_rollouts(pending.refs)
+        t_wait = time.perf_counter() - start
+        groups, staleness = drop_stale(groups, self.version, self.cfg.algorithm.max_off_policy_steps)
         samples, stats = build_train_samples(groups, self.cfg.algorithm.std_normalize)
         t0 = time.perf_counter()
         update: dict[str, Any] = {}
@@ -170,20 +210,25 @@ class Trainer:
         t0 = time.perf_counter()
         if samples:
             ref = self.learners.publish_weights(self.version)
-            ray.get([r.load_weights.remote(ref) for r in self.replicas])
+            self.weight_loads = [r.load_weights.remote(ref) for r in self.replicas]
+            if self.cfg.algorithm.max_off_policy_steps == 0:
+                ray.get(self.weight_loads)  # on-policy: the next step's generation must see these weights
         t_publish = time.perf_counter() - t0
-        self.step = step
+        self.step = pending.step
         elapsed = time.perf_counter() - start
         metrics = {
-            "step": step, "policy_version": self.version, **stats, **update,
+            "step": self.step, "policy_version": self.version, **stats, **staleness, **update,
             "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
-            "time/rollout_s": t_rollout, "time/update_s": t_update, "time/publish_s": t_publish,
+            "time/wait_rollout_s": t_wait, "time/update_s": t_update, "time/publish_s": t_publish,
         }
         metrics.update(per_env_rewards(groups, self.cfg, prefix="reward/"))
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out evaluation: ``eval.num_examples`` per environment, one sample each."""
+        """Held-out evaluation of the newest policy: ``eval.num_examples`` per environment, one sample each."""
+        import ray
+
+        ray.get(self.weight_loads)  # async mode does not wait for them after publishing
         tasks = [Task(i, ex, 1) for i, examples in enumerate(self.eval_examples) for ex in examples]
         params = SamplingParams(self.cfg.sampling.max_tokens, self.cfg.eval.temperature, 1.0, self.cfg.seed + EVAL_SEED_OFFSET)
         groups = self.run_rollouts(tasks, params, step=0)
@@ -195,7 +240,7 @@ class Trainer:
         self.learners.save(str(staging))
         info = {
             "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
-            "rng": capture_rng(), "data": {"samplers": [s.state_dict() for s in self.samplers]},
+            "rng": capture_rng(), "data": {"samplers": self.data_position()},
             "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"),
         }
         path = self.store.commit(staging, self.step, info)
@@ -254,6 +299,8 @@ def _inference_actor_class():
 
 def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tuple[list[TrainSample], dict[str, float]]:
     """Group-relative advantages; groups whose rewards are all equal carry no signal and are dropped."""
+    if not groups:  # every group was too stale: nothing to learn from this step
+        return [], {"reward_mean": float("nan"), "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0}
     rewards = np.array([[r.reward for r in g] for g in groups], dtype=np.float64)
     advantages = group_advantages(rewards, std_normalize)
     samples: list[TrainSample] = []
@@ -282,6 +329,23 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
         "train_samples": len(samples),
     }
     return samples, stats
+
+
+def drop_stale(groups: list[list[Rollout]], version: int, max_off_policy_steps: int) -> tuple[list[list[Rollout]], dict[str, float]]:
+    """Drop groups generated more than ``max_off_policy_steps`` versions before ``version``.
+
+    Staleness of a sample = learner version before this update - version that generated it.
+    Returns the kept groups and staleness metrics (mean, max, dropped count, histogram).
+    """
+    staleness = [version - g[0].version for g in groups for _ in g]
+    kept = [g for g in groups if version - g[0].version <= max_off_policy_steps]
+    hist = np.bincount(staleness) if staleness else np.zeros(1, dtype=int)
+    return kept, {
+        "staleness/mean": float(np.mean(staleness)) if staleness else 0.0,
+        "staleness/max": int(max(staleness, default=0)),
+        "staleness/dropped_samples": int(sum(len(g) for g in groups) - sum(len(g) for g in kept)),
+        **{f"staleness/hist_{k}": int(n) for k, n in enumerate(hist)},
+    }
 
 
 def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:
