@@ -35,11 +35,24 @@ def test_arithmetic_splits_are_disjoint_and_deterministic():
     assert env.score(ex, ex.answer) == 1.0 and env.score(ex, ex.answer + "1") == 0.0
 
 
+def test_digit_partial_credit():
+    from rayrl.envs.arithmetic import digit_credit
+
+    assert digit_credit("46", "46") == 1.0
+    assert digit_credit("47", "46") == 0.5
+    assert digit_credit("4", "46") == 0.5
+    assert digit_credit("4612", "46") == 0.5
+    assert digit_credit("", "46") == 0.0
+    env = make_env("arithmetic", {"reward": "digits"})
+    ex = env.examples("eval")[0]
+    assert env.score(ex, ex.answer) == 1.0
+
+
 def test_unknown_env_id_names_it_and_suggests():
     with pytest.raises(ValueError, match="unknown environment id 'arithmetc'.*Did you mean 'arithmetic'"):
         make_env("arithmetc")
 
 
 def test_bad_env_argument_names_the_accepted_ones():
-    with pytest.raises(ValueError, match="unknown argument.*'digit'.*accepts: digits, eval_size"):
+    with pytest.raises(ValueError, match="unknown argument.*'digit'.*accepts: digits, eval_size, train_size, seed, reward"):
         make_env("arithmetic", {"digit": 2})

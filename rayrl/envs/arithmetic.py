@@ -14,14 +14,21 @@ class ArithmeticEnv(Environment):
 
     The held-out ``eval`` split is ``eval_size`` pairs drawn with ``seed``; ``train`` is every other
     pair (or ``train_size`` random others when the space is too large to enumerate).
-    Reward is 1.0 for the exact sum, else 0.0.
+    ``reward = "exact"``: 1.0 for the exact sum, else 0.0. ``reward = "digits"``: partial credit,
+    the share of answer positions whose character is right (also the completion's extra length counts
+    against it), which gives a learning signal even to a random model.
     """
 
     id = "arithmetic"
 
-    def __init__(self, digits: int = 2, eval_size: int = 1000, train_size: int = 100_000, seed: int = 0):
+    def __init__(
+        self, digits: int = 2, eval_size: int = 1000, train_size: int = 100_000, seed: int = 0, reward: str = "exact"
+    ):
         if not 1 <= digits <= 9:
             raise ValueError(f"arithmetic: digits must be between 1 and 9, got {digits}")
+        if reward not in ("exact", "digits"):
+            raise ValueError(f"arithmetic: reward must be 'exact' or 'digits', got '{reward}'")
+        self.reward = reward
         self.digits, self.seed = digits, seed
         space = 10 ** (2 * digits)
         if eval_size >= space:
@@ -44,4 +51,12 @@ class ArithmeticEnv(Environment):
         return [self._example(c) for c in codes]
 
     def score(self, example: Example, completion: str) -> float:
+        if self.reward == "digits":
+            return digit_credit(completion.strip(), example.answer)
         return 1.0 if completion.strip() == example.answer else 0.0
+
+
+def digit_credit(completion: str, answer: str) -> float:
+    """Share of positions (over the longer string) where ``completion`` and ``answer`` agree."""
+    same = sum(a == b for a, b in zip(completion, answer))
+    return same / max(len(completion), len(answer), 1)
