@@ -153,20 +153,22 @@ class Trainer:
         ]
 
     @staticmethod
-    def collect_rollouts(refs: list) -> list[list[Rollout]]:
-        """Wait for submitted rollouts; returns each task's group of rollouts, in task order."""
+    def collect_rollouts(refs: list) -> tuple[list[list[Rollout]], float]:
+        """Wait for submitted rollouts; returns each task's group of rollouts in task order, and the
+        generation time (the slowest worker's: workers generate in parallel)."""
         import ray
 
         groups: list[list[Rollout]] = []
-        for rollouts in ray.get(refs):
+        batches = ray.get(refs)
+        for batch in batches:
             by_group: dict[int, list[Rollout]] = {}
-            for r in rollouts:
+            for r in batch.rollouts:
                 by_group.setdefault(r.group, []).append(r)
             groups.extend(by_group[g] for g in sorted(by_group))
-        return groups
+        return groups, max((b.generate_s for b in batches), default=0.0)
 
     def run_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list[list[Rollout]]:
-        return self.collect_rollouts(self.submit_rollouts(tasks, params, step))
+        return self.collect_rollouts(self.submit_rollouts(tasks, params, step))[0]
 
     def sampling(self) -> SamplingParams:
         s = self.cfg.sampling
@@ -197,7 +199,7 @@ class Trainer:
         start = time.perf_counter()
         self.fill_pipeline()
         pending = self.pending.popleft()
-        groups = self.collect_rollouts(pending.refs)
+        groups, t_generate = self.collect_rollouts(pending.refs)
         t_wait = time.perf_counter() - start
         groups, staleness = drop_stale(groups, self.version, self.cfg.algorithm.max_off_policy_steps)
         samples, stats = build_train_samples(groups, self.cfg.algorithm.std_normalize)
@@ -219,7 +221,8 @@ class Trainer:
         metrics = {
             "step": self.step, "policy_version": self.version, **stats, **staleness, **update,
             "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
-            "time/wait_rollout_s": t_wait, "time/update_s": t_update, "time/publish_s": t_publish,
+            "time/wait_rollout_s": t_wait, "time/generate_s": t_generate,
+            "time/update_s": t_update, "time/publish_s": t_publish,
         }
         metrics.update(per_env_rewards(groups, self.cfg, prefix="reward/"))
         return metrics
@@ -300,7 +303,8 @@ def _inference_actor_class():
 def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tuple[list[TrainSample], dict[str, float]]:
     """Group-relative advantages; groups whose rewards are all equal carry no signal and are dropped."""
     if not groups:  # every group was too stale: nothing to learn from this step
-        return [], {"reward_mean": float("nan"), "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0}
+        return [], {"reward_mean": float("nan"), "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0,
+                    "train_tokens": 0}
     rewards = np.array([[r.reward for r in g] for g in groups], dtype=np.float64)
     advantages = group_advantages(rewards, std_normalize)
     samples: list[TrainSample] = []
@@ -327,6 +331,7 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
         "truncated_fraction": float(np.mean([r.finish_reason == "length" for r in flat])),
         "zero_advantage_group_fraction": float(np.mean([np.all(a == 0) for a in advantages])),
         "train_samples": len(samples),
+        "train_tokens": int(sum(len(s.token_ids) for s in samples)),
     }
     return samples, stats
 

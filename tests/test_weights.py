@@ -36,3 +36,15 @@ def test_load_into_rejects_foreign_tensors():
         assert "nope" in str(e)
     else:
         raise AssertionError("expected KeyError")
+
+
+def test_alias_into_shares_memory_and_falls_back_on_dtype_mismatch():
+    from rayrl.actors.weights import alias_into
+
+    model = torch.nn.Linear(3, 2)
+    bundle = flatten_state_dict({"weight": torch.randn(2, 3), "bias": torch.randn(2)}, version=2)
+    assert alias_into(model, bundle)
+    assert model.weight.data_ptr() == unflatten(bundle)["weight"].data_ptr()
+    assert torch.equal(model(torch.ones(1, 3)), torch.ones(1, 3) @ unflatten(bundle)["weight"].T + unflatten(bundle)["bias"])
+    half = flatten_state_dict({"weight": torch.randn(2, 3).half()}, version=3)
+    assert not alias_into(model, half)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rayrl.actors.weights import WeightBundle, load_into
+from rayrl.actors.weights import WeightBundle, alias_into, load_into
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,11 @@ class TransformersEngine(Engine):
         return Completion(token_ids, logprobs, "length")
 
     def load_weights(self, bundle: WeightBundle) -> None:
-        load_into(self.model, bundle)
+        """On CPU, alias the shared buffer (zero-copy, one copy per node); else copy into the model."""
+        if alias_into(self.model, bundle):
+            self._shared_bundle = bundle  # keeps the object-store memory pinned while in use
+        else:
+            load_into(self.model, bundle)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from rayrl.actors.weights import WeightBundle
 class GenerationResult:
     completions: list[Completion]
     version: int  # policy version that produced every completion of this call
+    engine_s: float = 0.0  # time the engine spent generating (excludes queueing)
 
 
 def make_engine(engine: str, model_path: str, dtype: str, device: str, max_batch_size: int) -> Engine:
@@ -33,13 +35,22 @@ class InferenceActor:
         self.version = version
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
-        return GenerationResult(self.engine.generate(prompts, params), self.version)
+        start = time.perf_counter()
+        completions = self.engine.generate(prompts, params)
+        return GenerationResult(completions, self.version, time.perf_counter() - start)
 
     def load_weights(self, bundle: WeightBundle) -> int:
         """Load a published version (Ray resolves the object ref to the shared bundle)."""
         self.engine.load_weights(bundle)
         self.version = bundle.version
         return self.version
+
+    def memory_info(self) -> dict[str, int]:
+        """This process's memory in bytes: rss, and uss/pss, which count shared weights once per node."""
+        import psutil
+
+        info = psutil.Process().memory_full_info()
+        return {"rss": info.rss, "uss": info.uss, "pss": info.pss}
 
     def get_version(self) -> int:
         return self.version

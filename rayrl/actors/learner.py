@@ -147,13 +147,25 @@ class Learner:
         return sd
 
     def publish_weights(self, version: int):
-        """Put the full weights into the object store once; rank 0 returns the ObjectRef."""
+        """Put the full weights into the object store once; rank 0 returns the ObjectRef.
+
+        Gathers each parameter with ``full_tensor()`` (an all-gather; a no-op view with one rank)
+        straight into a reused staging buffer, then one ``ray.put``: two copies in all.
+        """
         import ray
 
-        sd = self._full_state_dict()
+        tensors = {}
+        for name, value in self.model.state_dict().items():
+            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if self.rank == 0:
+                tensors[name] = full
         if self.rank != 0:
             return None
-        return ray.put(flatten_state_dict(sd, version))
+        if self.model.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)
+        bundle = flatten_state_dict(tensors, version, out=getattr(self, "_staging", None))
+        self._staging = bundle.buffer
+        return ray.put(bundle)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return self._full_state_dict()

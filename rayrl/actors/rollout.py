@@ -34,6 +34,14 @@ class Rollout:
     completion: str = field(repr=False, default="")
 
 
+@dataclass
+class RolloutBatch:
+    """What one worker returns for one request: the rollouts and how long generation took."""
+
+    rollouts: list[Rollout]
+    generate_s: float  # engine time of the slowest replica called (replicas generate in parallel)
+
+
 class RolloutWorker:
     """Builds prompts, spreads generation over the replicas, scores what comes back."""
 
@@ -47,7 +55,7 @@ class RolloutWorker:
         self.env_ids = [e.id for e in env_cfgs]
         self.seq_len = seq_len
 
-    def rollout(self, tasks: list[Task], params: SamplingParams) -> list[Rollout]:
+    def rollout(self, tasks: list[Task], params: SamplingParams) -> RolloutBatch:
         """Generate and score every task; prompts are split over the replicas in contiguous chunks."""
         import ray
 
@@ -62,14 +70,15 @@ class RolloutWorker:
             max_tokens = min(params.max_tokens, self.seq_len - max(len(p) for p in prompts))
             seeded = SamplingParams(max_tokens, params.temperature, params.top_p, params.seed + offset)
             calls.append((chunk, replica.generate.remote(prompts, seeded)))
+        results = ray.get([ref for _, ref in calls])
+        generate_s = max((r.engine_s for r in results), default=0.0)
         rollouts: list[Rollout] = []
-        for chunk, ref in calls:
-            result = ray.get(ref)
+        for (chunk, _), result in zip(calls, results):
             completions = iter(result.completions)
             for i in chunk:
                 for _ in range(tasks[i].samples):
                     rollouts.append(self._score(tasks[i], i, prompt_ids[i], next(completions), result.version))
-        return rollouts
+        return RolloutBatch(rollouts, generate_s)
 
     def _check_prompt_lengths(self, tasks: list[Task], prompt_ids: list[list[int]]) -> None:
         for task, ids in zip(tasks, prompt_ids):

@@ -37,14 +37,21 @@ class WeightBundle:
 ALIGNMENT = 64  # keep every tensor cache-line aligned inside the buffer
 
 
-def flatten_state_dict(state_dict: dict[str, torch.Tensor], version: int) -> WeightBundle:
-    """Copy ``state_dict`` into one aligned byte buffer and describe where each tensor lives."""
+def flatten_state_dict(
+    state_dict: dict[str, torch.Tensor], version: int, out: np.ndarray | None = None
+) -> WeightBundle:
+    """Copy ``state_dict`` into one aligned byte buffer and describe where each tensor lives.
+
+    ``out``: a buffer from an earlier call to fill again. Reusing it saves the page faults of fresh
+    memory, which cost several times the copy itself; safe once the earlier bundle was ``ray.put``
+    (the object store holds its own copy).
+    """
     entries, offset = [], 0
     for name, tensor in state_dict.items():
         nbytes = tensor.numel() * tensor.element_size()
         entries.append(TensorEntry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset, nbytes))
         offset += -(-nbytes // ALIGNMENT) * ALIGNMENT
-    buffer = np.empty(offset, dtype=np.uint8)
+    buffer = out if out is not None and out.nbytes == offset else np.empty(offset, dtype=np.uint8)
     flat = torch.from_numpy(buffer)
     for entry, tensor in zip(entries, state_dict.values()):
         src = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
@@ -60,6 +67,24 @@ def unflatten(bundle: WeightBundle) -> dict[str, torch.Tensor]:
     return {
         e.name: flat[e.offset : e.offset + e.nbytes].view(getattr(torch, e.dtype)).view(e.shape) for e in bundle.index
     }
+
+
+def alias_into(model: torch.nn.Module, bundle: WeightBundle) -> bool:
+    """Point ``model``'s parameters at the bundle's shared, read-only memory: no copy at all.
+
+    Every replica on a node then reads the one copy in the object store. Only for inference (the
+    memory is read-only) and only when every tensor's dtype and device already match; returns False
+    (doing nothing) otherwise, so the caller copies instead. The caller must keep ``bundle`` alive.
+    """
+    tensors = unflatten(bundle)
+    params = dict(model.named_parameters())
+    missing = [name for name in tensors if name not in params]
+    if missing or any(params[n].dtype != t.dtype or params[n].device.type != "cpu" for n, t in tensors.items()):
+        return False
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].data = tensor
+    return True
 
 
 def load_into(model: torch.nn.Module, bundle: WeightBundle) -> None:
