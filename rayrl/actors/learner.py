@@ -138,31 +138,31 @@ class Learner:
 
     # ---- weights --------------------------------------------------------------------------
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Gather the full (unsharded) weights on rank 0; other ranks get {}. Collective."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        """Gather the full (unsharded) weights on rank 0; other ranks get {}. Collective.
 
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.model.config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)  # tied to the embedding: travels and is saved once
-        return sd
-
-    def publish_weights(self, version: int):
-        """Put the full weights into the object store once; rank 0 returns the ObjectRef.
-
-        Gathers each parameter with ``full_tensor()`` (an all-gather; a no-op view with one rank)
-        straight into a reused staging buffer, then one ``ray.put``: two copies in all.
+        ``full_tensor()`` all-gathers each parameter (with one rank it is a view, no copy); rank 0
+        keeps CPU tensors. A tied output layer travels and is saved once, as the embedding.
         """
-        import ray
-
         tensors = {}
         for name, value in self.model.state_dict().items():
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             if self.rank == 0:
-                tensors[name] = full
-        if self.rank != 0:
-            return None
+                tensors[name] = full.detach().cpu()
         if self.model.config.tie_word_embeddings:
             tensors.pop("lm_head.weight", None)
+        return tensors
+
+    def publish_weights(self, version: int):
+        """Put the full weights into the object store once; rank 0 returns the ObjectRef.
+
+        The gathered tensors are copied into a reused staging buffer (fresh memory would cost page
+        faults several times the copy), then one ``ray.put``: two copies in all.
+        """
+        import ray
+
+        tensors = self._full_state_dict()
+        if self.rank != 0:
+            return None
         bundle = flatten_state_dict(tensors, version, out=getattr(self, "_staging", None))
         self._staging = bundle.buffer
         return ray.put(bundle)
