@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from rayrl.checkpoint import CheckpointError
     from rayrl.driver import train
+    from rayrl.envs.registry import EnvError
 
     try:
         result = train(cfg)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except EnvError as e:
+        print(f"error: {args.experiment or 'the configuration'}: {e}", file=sys.stderr)
         return 2
     print(f"done: {result.final_step} steps, run folder {result.output_dir}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -106,6 +106,23 @@ class EnvConfig(Section):
     id: str = Field("arithmetic", description="Environment id (builtin name).")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
     weight: float = Field(1.0, gt=0, description="Share of the batch when mixing environments.")
+    reward: str | None = Field(
+        None,
+        description="Custom reward function 'path/to/file.py:function' or 'module:function', called as "
+        "fn(prompt, completion, answer, info) -> float or dict of named floats; replaces the environment's score.",
+    )
+    reward_timeout_s: float = Field(
+        5.0, gt=0, description="A custom reward call running longer scores 0 (counted and logged)."
+    )
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec(cls, spec: str | None) -> str | None:
+        if spec is not None and (":" not in spec or not all(spec.rpartition(":")[::2])):
+            raise ValueError(
+                f"reward must look like 'path/to/file.py:function' or 'module:function', got '{spec}'"
+            )
+        return spec
 
 
 class InferenceConfig(Section):

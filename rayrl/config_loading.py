@@ -43,11 +43,25 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str,
         overrides = parse_overrides(overrides)
     cli_keys = _apply_overrides(raw, overrides or {})
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as e:
         source, lines = (None if path is None else str(path)), _key_lines(text)
         problems = [_describe(err, source, lines, cli_keys) for err in e.errors(include_url=False)]
         raise ConfigError(_join(problems)) from None
+    if path is not None:
+        anchor_reward_files(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def anchor_reward_files(cfg: Config, experiment_dir: Path) -> None:
+    """Make ``[[env]] reward = "file.py:fn"`` paths absolute: relative to the experiment file's folder
+    when the file exists there, else left relative (to the working directory)."""
+    for env in cfg.env:
+        if env.reward is None:
+            continue
+        file, _, function = env.reward.rpartition(":")
+        if file.endswith(".py") and not Path(file).is_absolute() and (experiment_dir / file).is_file():
+            env.reward = f"{(experiment_dir / file).resolve()}:{function}"
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

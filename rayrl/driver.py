@@ -23,7 +23,7 @@ from rayrl.checkpoint import CheckpointError, CheckpointStore
 from rayrl.cluster import connect
 from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
-from rayrl.envs import make_env
+from rayrl.envs.registry import build_envs
 from rayrl.models.loading import resolve_base_model
 from rayrl.plotting import plot_training_curves
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
@@ -67,6 +67,7 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.envs = build_envs(cfg)  # before anything is written: a bad [[env]] leaves no run folder
         self.output_dir = resolve_output_dir(cfg)
         self.store = CheckpointStore(self.output_dir / "checkpoints", keep=cfg.ckpt.keep)
         self.resume_dir = self.store.resolve(cfg.ckpt.resume_step)
@@ -78,7 +79,6 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for name in self.store.remove_stale_staging():
             log.warning("removed %s, the leftover of an interrupted checkpoint save", name)
-        self.envs = [make_env(e.id, e.args) for e in cfg.env]
         self.train_examples = [env.examples("train") for env in self.envs]
         self.eval_examples = [env.examples("eval")[: cfg.eval.num_examples] for env in self.envs]
         self.samplers = [ExampleSampler(len(ex), cfg.seed + i) for i, ex in enumerate(self.train_examples)]
@@ -181,11 +181,18 @@ class Trainer:
         synchronous on-policy training. With k >= 1 generation for steps n+1..n+k runs while the
         learner trains step n; replicas swap weights between calls, never inside one.
         """
+        import ray
+
         depth = self.cfg.algorithm.max_off_policy_steps + 1
         while len(self.pending) < depth:
             step = self.step + len(self.pending) + 1
             if step > self.cfg.max_steps:
                 return
+            # The bound on staleness must not rest on timing: a replica's load_weights waits for the
+            # published bundle to resolve, and generate calls from rollout workers can overtake it.
+            # Newly submitted generation therefore starts only once every replica holds the newest
+            # version (the replicas are busy with already-submitted steps meanwhile, so overlap stays).
+            ray.get(self.weight_loads)
             data_position = [sampler.state_dict() for sampler in self.samplers]
             self.pending.append(PendingStep(step, data_position, self.submit_rollouts(self.next_tasks(), self.sampling(), step)))
 
@@ -318,6 +325,7 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
                     completion_start=len(r.prompt_ids),
                     old_logprobs=np.array(r.logprobs, dtype=np.float32),
                     advantage=float(a),
+                    loss_mask=None if r.completion_mask is None else np.array(r.completion_mask, dtype=np.int8),
                 )
             )
     flat = [r for g in groups for r in g]
@@ -332,6 +340,7 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
         "zero_advantage_group_fraction": float(np.mean([np.all(a == 0) for a in advantages])),
         "train_samples": len(samples),
         "train_tokens": int(sum(len(s.token_ids) for s in samples)),
+        "turns_mean": float(np.mean([r.turns for r in flat])),
     }
     return samples, stats
 
@@ -354,11 +363,33 @@ def drop_stale(groups: list[list[Rollout]], version: int, max_off_policy_steps: 
 
 
 def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:
-    by_env: dict[int, list[float]] = {}
+    """Per environment: mean reward, mean of each named metric, and reward-function failures
+    (``{prefix}{env}/reward_mean``, ``{prefix}{env}/<metric>``, ``{prefix}{env}/reward_errors``)."""
+    by_env: dict[int, list[Rollout]] = {}
     for g in groups:
         for r in g:
-            by_env.setdefault(r.env_index, []).append(r.reward)
-    return {f"{prefix}{cfg.env[i].id}/reward_mean": float(np.mean(v)) for i, v in sorted(by_env.items())}
+            by_env.setdefault(r.env_index, []).append(r)
+    names = env_names(cfg)
+    out: dict[str, float] = {}
+    for i, rollouts in sorted(by_env.items()):
+        key = f"{prefix}{names[i]}/"
+        out[key + "reward_mean"] = float(np.mean([r.reward for r in rollouts]))
+        metric_names = sorted({m for r in rollouts for m in r.metrics})
+        for m in metric_names:
+            values = [r.metrics[m] for r in rollouts if m in r.metrics]
+            out[key + m] = float(np.mean(values))
+        errors = sum(bool(r.reward_error) for r in rollouts)
+        if errors or cfg.env[i].reward:
+            out[key + "reward_errors"] = errors
+        if any(r.turns > 1 for r in rollouts):
+            out[key + "turns_mean"] = float(np.mean([r.turns for r in rollouts]))
+    return out
+
+
+def env_names(cfg: Config) -> list[str]:
+    """Metric names of the ``[[env]]`` entries: the id, with ``#<index>`` when an id appears twice."""
+    ids = [e.id for e in cfg.env]
+    return [i if ids.count(i) == 1 else f"{i}#{n}" for n, i in enumerate(ids)]
 
 
 def capture_rng() -> dict[str, Any]:

@@ -83,3 +83,32 @@ def base_model_path(ray_cluster, model_cache) -> str:
     raw = merge(SMALL, {"model": {"cache_dir": str(model_cache)}})
     path, _ = resolve_base_model(Config.model_validate(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A small random (not warm-started) tiny model, built in-process without Ray: for environment tests."""
+    from rayrl.config import TinyModelConfig
+    from rayrl.models.tiny import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-random")
+    build_tiny_model(path, TinyModelConfig(hidden_size=64, num_layers=2, intermediate_size=128))
+    return str(path)
+
+
+@pytest.fixture
+def local_generator(tiny_model_path):
+    """Factory of in-process Generators over the real tiny model (no Ray):
+    ``local_generator(seq_len=128, max_tokens=8, temperature=1.0, seed=0)``."""
+    from transformers import AutoTokenizer
+
+    from rayrl.actors.engine import SamplingParams, TransformersEngine
+    from rayrl.envs.episodes import EngineGenerator
+
+    engine = TransformersEngine.from_pretrained(tiny_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+
+    def make(seq_len: int = 128, max_tokens: int = 8, temperature: float = 1.0, seed: int = 0) -> EngineGenerator:
+        return EngineGenerator(engine, tokenizer, seq_len, SamplingParams(max_tokens, temperature, 1.0, seed))
+
+    return make

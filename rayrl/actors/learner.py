@@ -32,6 +32,14 @@ class TrainSample:
     old_logprobs: np.ndarray  # behaviour log-probs of the completion tokens, float32 [T - completion_start]
     advantage: float
     weight: float = 1.0  # 0 for padding samples that only keep the ranks in step
+    # 1 where the completion token is the model's (trained on), 0 where an environment wrote it
+    # (multi-turn); None = every completion token is the model's.
+    loss_mask: np.ndarray | None = None
+
+
+    def loss_tokens(self) -> int:
+        """How many tokens this sample trains on (environment tokens excluded)."""
+        return len(self.old_logprobs) if self.loss_mask is None else int(np.sum(self.loss_mask))
 
 
 def padding_sample() -> TrainSample:
@@ -47,7 +55,9 @@ def collate(samples: list[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
     for row, s in enumerate(samples):
         n = len(s.token_ids)
         ids[row, :n] = torch.tensor(s.token_ids)  # copy: object-store arrays are read-only
-        mask[row, s.completion_start - 1 : n - 1] = s.weight
+        mask[row, s.completion_start - 1 : n - 1] = (
+            s.weight if s.loss_mask is None else s.weight * torch.from_numpy(np.asarray(s.loss_mask, np.float32))
+        )
         old[row, s.completion_start - 1 : n - 1] = torch.tensor(s.old_logprobs)
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     return {"input_ids": ids, "loss_mask": mask, "old_logprobs": old, "advantages": adv}
@@ -240,7 +250,7 @@ class LearnerGroup:
         import ray
 
         shards = shard_evenly(samples, self.world_size)
-        normalizer = max(1.0, float(sum(len(s.old_logprobs) * s.weight for s in samples)))
+        normalizer = max(1.0, float(sum(s.weight * s.loss_tokens() for s in samples)))
         results = ray.get([a.update.remote(ray.put(shard), normalizer) for a, shard in zip(self.actors, shards)])
         merged = {k: sum(r[k] for r in results) for k in ("loss", "clipped", "mismatch_kl", "tokens")}
         tokens = max(merged.pop("tokens"), 1.0)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 
 from rayrl.actors.engine import SamplingParams
 from rayrl.config import EnvConfig
-from rayrl.envs import Example, make_env
+from rayrl.envs import Environment, Example
+from rayrl.envs.registry import build_env
+from rayrl.envs.episodes import CALL_SEED_STRIDE, EpisodeRequest, EpisodeResult, Generator, Sampled, play_turns
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,18 +25,33 @@ class Task:
 
 @dataclass
 class Rollout:
-    """One scored completion."""
+    """One scored episode: a single completion, or a multi-turn interaction."""
 
     env_index: int
     example_id: str
-    group: int  # index of its Task in the request: completions of one example share a group
+    group: int  # index of its Task in the request: episodes of one example share a group
     prompt_ids: list[int]
-    completion_ids: list[int]
-    logprobs: list[float]
+    completion_ids: list[int]  # every token after the prompt: the model's and, in multi-turn, the env's
+    logprobs: list[float]  # behaviour log-probs of completion_ids (0.0 at environment tokens)
     reward: float
-    version: int
+    version: int  # oldest policy version among the episode's model turns
     finish_reason: str
     completion: str = field(repr=False, default="")
+    completion_mask: list[int] | None = field(repr=False, default=None)  # 1 = model token; None = all model
+    metrics: dict[str, float] = field(default_factory=dict)  # the environment's named metrics
+    turns: int = 1
+    reward_error: str = ""  # why the reward function failed (reward 0), else ""
+
+    @classmethod
+    def from_episode(cls, env_index: int, example_id: str, group: int, episode: EpisodeResult) -> Rollout:
+        return cls(
+            env_index, example_id, group, episode.prompt_ids, episode.completion_ids, episode.logprobs,
+            episode.reward, episode.version, episode.finish_reason, episode.completion, episode.completion_mask,
+            episode.metrics, episode.turns, episode.reward_error,
+        )
+
+    def loss_mask(self) -> list[int]:
+        return self.completion_mask if self.completion_mask is not None else [1] * len(self.completion_ids)
 
 
 @dataclass
@@ -39,16 +59,43 @@ class RolloutBatch:
     """What one worker returns for one request: the rollouts and how long generation took."""
 
     rollouts: list[Rollout]
-    generate_s: float  # engine time of the slowest replica called (replicas generate in parallel)
+    generate_s: float  # engine time, summed over turns (replicas of one turn generate in parallel)
+
+
+class ReplicaGenerator(Generator):
+    """The replicas as environments see them: each call is spread over the replicas in contiguous chunks.
+
+    The n-th call of a request uses seed ``seed + n * CALL_SEED_STRIDE + chunk``: runs are reproducible,
+    and every turn of a multi-turn episode samples fresh randomness.
+    """
+
+    def __init__(self, replicas: list, tokenizer, seq_len: int, params: SamplingParams):
+        self.replicas, self.tokenizer, self.seq_len, self.params = replicas, tokenizer, seq_len, params
+        self.max_tokens = params.max_tokens
+        self.calls, self.engine_s = 0, 0.0
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
+        import ray
+
+        seed = self.params.seed + CALL_SEED_STRIDE * self.calls
+        self.calls += 1
+        chunks = [c for c in split_contiguous(prompts, len(self.replicas))]
+        refs = [
+            replica.generate.remote(chunk, replace(self.params, max_tokens=max_tokens, seed=seed + offset))
+            for offset, (replica, chunk) in enumerate(zip(self.replicas, chunks)) if chunk
+        ]
+        results = ray.get(refs)
+        self.engine_s += max((r.engine_s for r in results), default=0.0)
+        return [Sampled(c, r.version) for r in results for c in r.completions]
 
 
 class RolloutWorker:
-    """Builds prompts, spreads generation over the replicas, scores what comes back."""
+    """Builds prompts, plays every task's episodes through the replicas, returns scored rollouts."""
 
     def __init__(self, env_cfgs: list[EnvConfig], model_path: str, replicas: list, worker_index: int, seq_len: int):
         from transformers import AutoTokenizer
 
-        self.envs = [make_env(e.id, e.args) for e in env_cfgs]
+        self.envs = [build_env(e) for e in env_cfgs]
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.replicas = replicas
         self.worker_index = worker_index
@@ -56,29 +103,36 @@ class RolloutWorker:
         self.seq_len = seq_len
 
     def rollout(self, tasks: list[Task], params: SamplingParams) -> RolloutBatch:
-        """Generate and score every task; prompts are split over the replicas in contiguous chunks."""
-        import ray
-
+        """Play ``task.samples`` episodes of every task. Environments stepped by rayrl share one generate
+        call a turn; environments that drive generation themselves (verifiers) play their own."""
         prompt_ids = [self.tokenizer(t.example.prompt).input_ids for t in tasks]
         self._check_prompt_lengths(tasks, prompt_ids)
-        chunks = split_contiguous(list(range(len(tasks))), len(self.replicas))
-        calls = []
-        for offset, (replica, chunk) in enumerate(zip(self.rotated_replicas(), chunks)):
-            if not chunk:
-                continue
-            prompts = [prompt_ids[i] for i in chunk for _ in range(tasks[i].samples)]
-            max_tokens = min(params.max_tokens, self.seq_len - max(len(p) for p in prompts))
-            seeded = SamplingParams(max_tokens, params.temperature, params.top_p, params.seed + offset)
-            calls.append((chunk, replica.generate.remote(prompts, seeded)))
-        results = ray.get([ref for _, ref in calls])
-        generate_s = max((r.engine_s for r in results), default=0.0)
-        rollouts: list[Rollout] = []
-        for (chunk, _), result in zip(calls, results):
-            completions = iter(result.completions)
-            for i in chunk:
-                for _ in range(tasks[i].samples):
-                    rollouts.append(self._score(tasks[i], i, prompt_ids[i], next(completions), result.version))
-        return RolloutBatch(rollouts, generate_s)
+        generator = ReplicaGenerator(self.rotated_replicas(), self.tokenizer, self.seq_len, params)
+        requests = [
+            (group, EpisodeRequest(self.envs[t.env_index], t.example, ids))
+            for group, (t, ids) in enumerate(zip(tasks, prompt_ids)) for _ in range(t.samples)
+        ]
+        episodes: list[EpisodeResult | None] = [None] * len(requests)
+        by_player: dict[int, list[int]] = {}  # id(env) for self-driving envs, 0 for the shared turn loop
+        for i, (_, req) in enumerate(requests):
+            by_player.setdefault(id(req.env) if drives_generation(req.env) else 0, []).append(i)
+        for player, indices in by_player.items():
+            batch = [requests[i][1] for i in indices]
+            played = play_turns(batch, generator) if player == 0 else batch[0].env.play(batch, generator)
+            if len(played) != len(batch):
+                raise RuntimeError(f"environment '{batch[0].env.id}' returned {len(played)} episodes for {len(batch)}")
+            for i, episode in zip(indices, played):
+                episodes[i] = episode
+        rollouts = []
+        for (group, req), episode in zip(requests, episodes):
+            task = tasks[group]
+            if episode.reward_error:
+                log.warning(
+                    "environment '%s', example %s: reward function failed (%s); scored 0",
+                    self.env_ids[task.env_index], task.example.id, episode.reward_error,
+                )
+            rollouts.append(Rollout.from_episode(task.env_index, task.example.id, group, episode))
+        return RolloutBatch(rollouts, generator.engine_s)
 
     def _check_prompt_lengths(self, tasks: list[Task], prompt_ids: list[list[int]]) -> None:
         for task, ids in zip(tasks, prompt_ids):
@@ -93,14 +147,10 @@ class RolloutWorker:
         k = self.worker_index % len(self.replicas)
         return self.replicas[k:] + self.replicas[:k]
 
-    def _score(self, task: Task, group: int, prompt_ids: list[int], completion, version: int) -> Rollout:
-        text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-        reward = float(self.envs[task.env_index].score(task.example, text))
-        return Rollout(
-            env_index=task.env_index, example_id=task.example.id, group=group, prompt_ids=prompt_ids,
-            completion_ids=completion.token_ids, logprobs=completion.logprobs, reward=reward,
-            version=version, finish_reason=completion.finish_reason, completion=text,
-        )
+
+def drives_generation(env: Environment) -> bool:
+    """True for environments that override ``play`` (they run their own rollout loop)."""
+    return type(env).play is not Environment.play
 
 
 def split_contiguous(items: list, parts: int) -> list[list]:

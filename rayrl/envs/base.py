@@ -1,12 +1,31 @@
-"""The environment protocol: examples with train/eval splits, prompt text, scoring."""
+"""The environment protocol: examples with train/eval splits, prompts, single- and multi-turn stepping,
+scoring with named metrics.
+
+Every environment is played as *episodes*. The rollout worker (``rayrl.envs.episodes.play``) asks
+``env.start(example)`` for an :class:`Episode`, generates the model's turn from the token ids so far,
+hands the decoded text to ``episode.step(text)`` and, while the episode is not done, appends the
+environment's reply (``Turn.observation``) as tokens that are masked out of the loss. A single-turn
+environment only implements ``score``: its default episode ends after the first turn with that score.
+
+Environments that drive generation themselves (verifiers runs its own rollout loop) override
+``play`` instead; see ``rayrl.envs.verifiers_env``.
+"""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+if TYPE_CHECKING:
+    from rayrl.envs.episodes import EpisodeResult, Generator, EpisodeRequest
 
 Split = Literal["train", "eval"]
+# What a scoring function returns: a reward, or named floats of which "reward" is the reward
+# (without a "reward" key the reward is the sum of the values, like a rubric with unit weights).
+Score = Union[float, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -15,23 +34,82 @@ class Example:
 
     id: str
     prompt: str
-    answer: str
+    answer: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Turn:
+    """The environment's answer to one model turn."""
+
+    done: bool
+    observation: str = ""  # text the environment writes before the model's next turn (not trained on)
+    reward: float = 0.0  # reward of this turn; an episode's reward is the sum over its turns
+    metrics: dict[str, float] = field(default_factory=dict)  # merged over turns, later turns win
+
+
+class Episode(ABC):
+    """One interaction with an example; holds whatever state the environment needs between turns."""
+
+    @abstractmethod
+    def step(self, completion: str) -> Turn:
+        """React to the model's turn (decoded text, special tokens removed)."""
+
+
+class SingleTurnEpisode(Episode):
+    """The default episode: one model turn, scored by ``env.score``."""
+
+    def __init__(self, env: "Environment", example: Example):
+        self.env, self.example = env, example
+
+    def step(self, completion: str) -> Turn:
+        reward, metrics = split_score(self.env.score(self.example, completion))
+        return Turn(done=True, reward=reward, metrics=metrics)
 
 
 class Environment(ABC):
     """A task family. Subclasses are deterministic given their args: same args, same splits."""
 
     id: str = ""
+    #: Most model turns an episode may take; the worker ends longer episodes ("max_turns").
+    max_turns: int = 1
 
     @abstractmethod
     def examples(self, split: Split) -> list[Example]:
         """All examples of a split; ``train`` and ``eval`` never share an example."""
 
-    @abstractmethod
-    def score(self, example: Example, completion: str) -> float:
-        """Reward of one completion (text after the prompt, special tokens removed)."""
+    def score(self, example: Example, completion: str) -> Score:
+        """Reward of one single-turn completion (text after the prompt, special tokens removed)."""
+        raise NotImplementedError(f"environment '{self.id}' implements neither score() nor start()")
+
+    def start(self, example: Example) -> Episode:
+        """A new episode of ``example``; multi-turn environments return their own Episode."""
+        return SingleTurnEpisode(self, example)
 
     def sft_completion(self, example: Example) -> str:
         """A correct completion, for the supervised warm-start."""
         return example.answer
+
+    def play(self, requests: "list[EpisodeRequest]", generator: "Generator") -> "list[EpisodeResult]":
+        """Play every request's episode; the default steps ``start(example)`` turn by turn."""
+        from rayrl.envs.episodes import play_turns
+
+        return play_turns(requests, generator)
+
+
+def split_score(score: Score) -> tuple[float, dict[str, float]]:
+    """(reward, named metrics) of what a scoring function returned; raises TypeError on anything else."""
+    if isinstance(score, Mapping):
+        metrics = {str(k): as_number(v, f"value of '{k}'") for k, v in score.items()}
+        reward = metrics["reward"] if "reward" in metrics else math.fsum(metrics.values())
+        return reward, {k: v for k, v in metrics.items() if k != "reward"}
+    return as_number(score, "reward"), {}
+
+
+def as_number(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) and not hasattr(value, "__float__"):  # bool, numpy and torch scalars pass
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}: {value!r:.80}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise TypeError(f"{what} must be finite, got {number}")
+    return number

@@ -1,12 +1,25 @@
-"""Resolve ``[[env]] id`` and ``args`` to an Environment, with errors that say what to do."""
+"""Resolve ``[[env]] id`` and ``args`` to an Environment, with errors that say what to do.
+
+Ids, in the order they are tried:
+- a built-in id: ``arithmetic``, ``sat``, ``openspiel``;
+- ``gymnasium:<EnvId>`` (e.g. ``gymnasium:FrozenLake-v1``): a gymnasium environment through the text adapter;
+- ``verifiers:<id>`` or any other id: a verifiers environment, ``verifiers.load_environment(id, **args)``.
+"""
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rayrl.envs.base import Environment
+
+if TYPE_CHECKING:
+    from rayrl.config import Config, EnvConfig
+
+
+class EnvError(ValueError):
+    """An ``[[env]]`` entry that cannot be built: the message names the id and the fix."""
 
 
 def _arithmetic() -> type[Environment]:
@@ -15,22 +28,106 @@ def _arithmetic() -> type[Environment]:
     return ArithmeticEnv
 
 
-BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = {"arithmetic": _arithmetic}
+def _sat() -> type[Environment]:
+    from rayrl.envs.sat import SatEnv
+
+    return SatEnv
+
+
+def _openspiel() -> type[Environment]:
+    try:
+        from rayrl.envs.openspiel_env import OpenSpielEnv
+    except ModuleNotFoundError as e:
+        raise EnvError(_missing("openspiel", e.name, "open-spiel")) from e
+    return OpenSpielEnv
+
+
+BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = {
+    "arithmetic": _arithmetic, "sat": _sat, "openspiel": _openspiel,
+}
+GYMNASIUM_PREFIX, VERIFIERS_PREFIX = "gymnasium:", "verifiers:"
+
+
+def _missing(env_id: str, module: str | None, package: str) -> str:
+    return (
+        f"environment '{env_id}' needs the Python package '{package}' (module '{module}' is not installed); "
+        f"install it with: pip install -c constraints.txt -e '.[envs]'  (or: pip install {package})"
+    )
+
+
+def build_envs(cfg: "Config") -> list[Environment]:
+    """Every ``[[env]]`` entry of ``cfg``; a failure names the entry (1-based) and its id."""
+    envs = []
+    for n, entry in enumerate(cfg.env, start=1):
+        try:
+            envs.append(build_env(entry))
+        except EnvError as e:
+            raise EnvError(f"[[env]] entry {n} (id '{entry.id}'): {e}") from e.__cause__
+    return envs
+
+
+def build_env(cfg: "EnvConfig") -> Environment:
+    """The environment of one ``[[env]]`` entry, with its custom reward function when one is set."""
+    env = make_env(cfg.id, cfg.args)
+    if cfg.reward:
+        from rayrl.envs.custom_reward import RewardOverride, load_reward_function
+
+        env = RewardOverride(env, load_reward_function(cfg.reward, None), cfg.reward_timeout_s)
+    return env
 
 
 def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
     """Build environment ``env_id`` with keyword ``args``; unknown ids and arguments are named."""
     args = dict(args or {})
-    if env_id not in BUILTIN_ENVS:
-        close = difflib.get_close_matches(env_id, BUILTIN_ENVS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown environment id '{env_id}'. Built-in ids: {', '.join(sorted(BUILTIN_ENVS))}.{hint}")
-    cls = BUILTIN_ENVS[env_id]()
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = [k for k in args if k not in accepted]
-    if unknown:
-        raise ValueError(
-            f"environment '{env_id}' got unknown argument(s) {', '.join(repr(k) for k in unknown)}; "
-            f"it accepts: {', '.join(accepted)}"
-        )
-    return cls(**args)
+    if env_id in BUILTIN_ENVS:
+        return construct(env_id, BUILTIN_ENVS[env_id](), args)
+    if env_id.startswith(GYMNASIUM_PREFIX):
+        try:
+            from rayrl.envs.gymnasium_env import GymnasiumEnv
+        except ModuleNotFoundError as e:
+            raise EnvError(_missing(env_id, e.name, "gymnasium")) from e
+        return construct(env_id, GymnasiumEnv, args, env_id[len(GYMNASIUM_PREFIX):])
+    name = env_id.removeprefix(VERIFIERS_PREFIX)
+    try:
+        from rayrl.envs.verifiers_env import load_verifiers_env
+    except ModuleNotFoundError as e:
+        if env_id.startswith(VERIFIERS_PREFIX):
+            raise EnvError(_missing(env_id, e.name, "verifiers")) from e
+        raise EnvError(unknown_id_message(env_id, verifiers_installed=False)) from e
+    return load_verifiers_env(name, args, explicit=env_id.startswith(VERIFIERS_PREFIX))
+
+
+def unknown_id_message(env_id: str, verifiers_installed: bool) -> str:
+    """The error for an id that is neither built-in, nor gymnasium, nor an installed verifiers module."""
+    close = difflib.get_close_matches(env_id, BUILTIN_ENVS, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    module = env_id.removeprefix(VERIFIERS_PREFIX).split("/")[-1].replace("-", "_")
+    where = (
+        f"no installed verifiers environment module '{module}' either (install it with "
+        f"`pip install <its package>` or `prime env install {env_id}`)"
+        if verifiers_installed
+        else "and verifiers is not installed (pip install -c constraints.txt -e '.[envs]')"
+    )
+    return (
+        f"unknown environment id '{env_id}': not built-in ({', '.join(sorted(BUILTIN_ENVS))}), not "
+        f"'gymnasium:<EnvId>', {where}.{hint}"
+    )
+
+
+def construct(env_id: str, cls: type[Environment], args: dict[str, Any], *positional: Any) -> Environment:
+    """``cls(*positional, **args)`` after checking every key of ``args`` is an argument ``cls`` accepts."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in list(params)[1 + len(positional):] if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in args if k not in accepted]
+        if unknown:
+            raise EnvError(
+                f"environment '{env_id}' got unknown argument(s) {', '.join(repr(k) for k in unknown)}; "
+                f"it accepts: {', '.join(accepted) or '(no arguments)'}"
+            )
+    try:
+        return cls(*positional, **args)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, EnvError):
+            raise
+        raise EnvError(f"environment '{env_id}': {e}") from e
