@@ -106,13 +106,18 @@ class EnvConfig(Section):
     id: str = Field("arithmetic", description="Environment id (builtin name).")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
     weight: float = Field(1.0, gt=0, description="Share of the batch when mixing environments.")
+    path: str | None = Field(
+        None, description="Folder put first on sys.path before the environment is loaded (e.g. a verifiers "
+        "environment module that is not installed); relative to the experiment file's folder.",
+    )
     reward: str | None = Field(
         None,
         description="Custom reward function 'path/to/file.py:function' or 'module:function', called as "
         "fn(prompt, completion, answer, info) -> float or dict of named floats; replaces the environment's score.",
     )
     reward_timeout_s: float = Field(
-        5.0, gt=0, description="A custom reward call running longer scores 0 (counted and logged)."
+        5.0, ge=0, description="A custom reward call running longer scores 0 (counted and logged); "
+        "0 = call it inline, with no time limit and no thread.",
     )
 
     @field_validator("reward")

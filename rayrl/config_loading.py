@@ -54,14 +54,20 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str,
 
 
 def anchor_reward_files(cfg: Config, experiment_dir: Path) -> None:
-    """Make ``[[env]] reward = "file.py:fn"`` paths absolute: relative to the experiment file's folder
-    when the file exists there, else left relative (to the working directory)."""
+    """Make ``[[env]] path`` and ``[[env]] reward = "file.py:fn"`` paths absolute: relative to the
+    experiment file's folder (a reward file only when it exists there; else relative to the working
+    directory)."""
     for env in cfg.env:
+        if env.path is not None and not Path(env.path).is_absolute():
+            env.path = str((experiment_dir / env.path).resolve())
         if env.reward is None:
             continue
-        file, _, function = env.reward.rpartition(":")
-        if file.endswith(".py") and not Path(file).is_absolute() and (experiment_dir / file).is_file():
-            env.reward = f"{(experiment_dir / file).resolve()}:{function}"
+        from rayrl.envs.custom_reward import RewardFunctionError, resolve_reward_spec
+
+        try:
+            env.reward = resolve_reward_spec(env.reward, experiment_dir)
+        except RewardFunctionError as e:
+            raise ConfigError(_join([str(e)])) from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

@@ -374,6 +374,7 @@ def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> di
     for i, rollouts in sorted(by_env.items()):
         key = f"{prefix}{names[i]}/"
         out[key + "reward_mean"] = float(np.mean([r.reward for r in rollouts]))
+        out[key + "samples"] = len(rollouts)
         metric_names = sorted({m for r in rollouts for m in r.metrics})
         for m in metric_names:
             values = [r.metrics[m] for r in rollouts if m in r.metrics]

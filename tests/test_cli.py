@@ -48,12 +48,27 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused_before_starting_ray
     assert "already holds checkpoints (steps [5])" in out.stderr and "--ckpt.resume_step -1" in out.stderr
 
 
-def test_every_shipped_experiment_resolves():
-    for path in sorted((ROOT / "experiments").glob("*.toml")):
+def test_every_shipped_experiment_resolves_and_builds_its_environments():
+    from rayrl.config_loading import load_config
+    from rayrl.envs.registry import build_envs
+
+    paths = sorted((ROOT / "experiments").glob("*.toml"))
+    assert len(paths) >= 6  # default + one per environment family
+    for path in paths:
         out = rayrl("config", str(path))
         assert out.returncode == 0, (path, out.stderr)
+        for env in build_envs(load_config(path)):
+            assert env.examples("train") and env.examples("eval"), path
+
+
+def test_unknown_environment_is_refused_with_the_fix_and_no_run_folder(tmp_path):
+    out = rayrl("train", "experiments/default.toml", "--output-dir", str(tmp_path / "run"), "--env.0.id", "arithmetc")
+    assert out.returncode == 2, out.stderr
+    assert "unknown environment id 'arithmetc'" in out.stderr and "Did you mean 'arithmetic'?" in out.stderr
+    assert "experiments/default.toml: [[env]] entry 1" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
 def test_readme_config_reference_is_current():
-    """README carries the generated table; regenerate with: rayrl config --reference."""
+    """README carries the generated table; regenerate with: python scripts/update_readme_reference.py."""
     assert config_reference_markdown().strip() in (ROOT / "README.md").read_text()

@@ -125,12 +125,7 @@ class RolloutWorker:
                 episodes[i] = episode
         rollouts = []
         for (group, req), episode in zip(requests, episodes):
-            task = tasks[group]
-            if episode.reward_error:
-                log.warning(
-                    "environment '%s', example %s: reward function failed (%s); scored 0",
-                    self.env_ids[task.env_index], task.example.id, episode.reward_error,
-                )
+            task = tasks[group]  # failed reward calls were logged by RewardOverride (rate-limited)
             rollouts.append(Rollout.from_episode(task.env_index, task.example.id, group, episode))
         return RolloutBatch(rollouts, generator.engine_s)
 

@@ -69,9 +69,10 @@ class EpisodeResult:
 
     def add_reward(self, turn: Turn) -> None:
         self.reward += turn.reward
-        self.metrics.update(turn.metrics)
-        if "reward_error" in turn.metrics:  # set by rayrl.envs.custom_reward when a reward function fails
-            self.reward_error = str(turn.metrics.pop("reward_error"))
+        metrics = dict(turn.metrics)
+        if "reward_error" in metrics:  # set by rayrl.envs.custom_reward when a reward function fails
+            self.reward_error = str(metrics.pop("reward_error"))
+        self.metrics.update(metrics)
 
     @property
     def length(self) -> int:

@@ -38,6 +38,8 @@ def _openspiel() -> type[Environment]:
     try:
         from rayrl.envs.openspiel_env import OpenSpielEnv
     except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "pyspiel":
+            raise
         raise EnvError(_missing("openspiel", e.name, "open-spiel")) from e
     return OpenSpielEnv
 
@@ -68,12 +70,27 @@ def build_envs(cfg: "Config") -> list[Environment]:
 
 def build_env(cfg: "EnvConfig") -> Environment:
     """The environment of one ``[[env]]`` entry, with its custom reward function when one is set."""
+    if cfg.path:
+        add_import_path(cfg.path)
     env = make_env(cfg.id, cfg.args)
     if cfg.reward:
-        from rayrl.envs.custom_reward import RewardOverride, load_reward_function
+        from rayrl.envs.custom_reward import with_reward
 
-        env = RewardOverride(env, load_reward_function(cfg.reward, None), cfg.reward_timeout_s)
+        env = with_reward(env, cfg.reward, cfg.reward_timeout_s)
     return env
+
+
+def add_import_path(folder: str) -> None:
+    """Put ``folder`` first on sys.path (once), so an environment module there can be imported."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    if not Path(folder).is_dir():
+        raise EnvError(f"path '{folder}' is not a folder (set [[env]] path to the folder holding the module)")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+        importlib.invalidate_caches()
 
 
 def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
@@ -85,12 +102,16 @@ def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
         try:
             from rayrl.envs.gymnasium_env import GymnasiumEnv
         except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "gymnasium":
+                raise
             raise EnvError(_missing(env_id, e.name, "gymnasium")) from e
         return construct(env_id, GymnasiumEnv, args, env_id[len(GYMNASIUM_PREFIX):])
     name = env_id.removeprefix(VERIFIERS_PREFIX)
     try:
         from rayrl.envs.verifiers_env import load_verifiers_env
     except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "verifiers":
+            raise
         if env_id.startswith(VERIFIERS_PREFIX):
             raise EnvError(_missing(env_id, e.name, "verifiers")) from e
         raise EnvError(unknown_id_message(env_id, verifiers_installed=False)) from e

@@ -19,6 +19,7 @@ import torch
 from rayrl.actors.engine import SamplingParams, TransformersEngine
 from rayrl.config import WarmstartConfig
 from rayrl.envs import Environment, Example
+from rayrl.envs.base import split_score
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def greedy_accuracy(engine: TransformersEngine, tokenizer, env: Environment, exa
     prompts = [tokenizer(e.prompt).input_ids for e in examples]
     completions = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    return float(np.mean([env.score(e, t) > 0 for e, t in zip(examples, texts)]))
+    return float(np.mean([split_score(env.score(e, t))[0] > 0 for e, t in zip(examples, texts)]))
 
 
 def supervised_batch(tokenizer, env: Environment, examples: list[Example]) -> dict[str, torch.Tensor]:
