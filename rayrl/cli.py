@@ -1,11 +1,43 @@
-"""The ``rayrl`` command: ``rayrl train EXPERIMENT.toml [--section.key value ...] [--output-dir DIR]``."""
+"""The ``rayrl`` command: ``rayrl train EXPERIMENT.toml [--section.key value ...] [--output-dir DIR]``.
+
+``train`` and ``config`` live here; every other subcommand is a module in :data:`COMMANDS` that defines
+``add_arguments(parser)`` and ``run(args) -> int`` and keeps its top-level imports light (the parser
+imports it). Errors users can fix (ConfigError, EnvError, CheckpointError, CommandError) print one
+``error:`` line and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("rayrl.commands.eval", "evaluate a run's checkpoints on held-out data (never touches training)"),
+    "tune": ("rayrl.commands.tune", "run a Ray Tune sweep from the champion, then the promotion gate"),
+    "lineage": ("rayrl.commands.lineage", "print the history of champions and promotion decisions"),
+    "archive": ("rayrl.commands.archive", "copy a run folder to a storage URI (local, file://, s3://, gs://)"),
+    "restore": ("rayrl.commands.restore", "copy a run folder back from a storage URI"),
+}
+
+
+class CommandError(Exception):
+    """A subcommand's input is wrong in a way the message explains (exit status 2)."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from rayrl.checkpoint import CheckpointError
+    from rayrl.config_loading import ConfigError
+    from rayrl.envs.registry import EnvError
+
+    return ConfigError, EnvError, CheckpointError, CommandError
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,12 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the resolved config, or the reference of every key")
     config.add_argument("experiment", nargs="?")
     config.add_argument("--reference", action="store_true", help="print the Markdown table of every config key")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # not built yet
+        command = sub.add_parser(name, allow_abbrev=False, help=help_text, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args, rest = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if hasattr(args, "run"):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        setup_logging()
+        try:
+            return args.run(args)
+        except user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from rayrl.config_loading import ConfigError, config_reference_markdown, load_config, parse_overrides
 
     try:
@@ -47,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(cfg.model_dump_json(indent=2))
         return 0
-    logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(cfg.log.level)
     from rayrl.checkpoint import CheckpointError
     from rayrl.driver import train
     from rayrl.envs.registry import EnvError

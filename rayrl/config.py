@@ -158,6 +158,11 @@ class EvalConfig(Section):
     num_examples: int = Field(1000, ge=1, description="Held-out examples per evaluation (capped by the split).")
     temperature: float = Field(0.0, ge=0, description="Eval sampling temperature (0 = greedy).")
     at_start: bool = Field(True, description="Evaluate the starting policy before any update.")
+    confirm_examples: int = Field(
+        500, ge=0,
+        description="Held-out examples after the first num_examples, reserved for the promotion gate's "
+        "confirmation: never used for evaluation during training or trial selection.",
+    )
 
 
 class CheckpointConfig(Section):

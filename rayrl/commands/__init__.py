@@ -1,0 +1,1 @@
+"""Subcommands of ``rayrl`` beyond train/config (see rayrl.cli.COMMANDS)."""
