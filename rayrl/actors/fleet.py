@@ -1,0 +1,73 @@
+"""Starting the generation fleet: the InferenceActors ("replicas") and the RolloutWorkers over them.
+
+Shared by training (``Trainer.start_actors``) and evaluation (``rayrl.evaluation.runner``). Actors are
+named ``replica-i`` and ``rollout-i`` inside ``namespace``, so two fleets (a training and an
+evaluation of its checkpoints) never collide as long as their namespaces differ.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rayrl.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def start_replicas(cfg: Config, model_path: str, version: int, namespace: str) -> list:
+    """``inference.replicas`` InferenceActors serving ``model_path`` as policy version ``version``."""
+    import ray
+
+    from rayrl.actors.inference import InferenceActor
+
+    ic = cfg.inference
+    replica_cls = ray.remote(InferenceActor)
+    return [
+        replica_cls.options(
+            name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
+        ).remote(model_path, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, version)
+        for i in range(ic.replicas)
+    ]
+
+
+def start_rollout_workers(cfg: Config, model_path: str, replicas: list, namespace: str) -> list:
+    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model_path``)."""
+    import ray
+
+    from rayrl.actors.rollout import RolloutWorker
+
+    rc = cfg.rollout
+    worker_cls = ray.remote(RolloutWorker)
+    return [
+        worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker).remote(
+            cfg.env, model_path, replicas, i, cfg.seq_len
+        )
+        for i in range(rc.workers)
+    ]
+
+
+def wait_ready(replicas: list, warn_after_s: float = 60.0) -> None:
+    """Block until every replica has loaded its model. Logs a warning (once) when that takes longer
+    than ``warn_after_s``: usually the cluster lacks the CPUs/GPUs the replicas reserve."""
+    import ray
+
+    refs = [r.get_version.remote() for r in replicas]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=warn_after_s)
+    if pending:
+        log.warning(
+            "%d of %d replicas not ready after %.0fs; still waiting. Is the cluster short of the CPUs/GPUs "
+            "each replica reserves (inference.cpus_per_replica, inference.gpus_per_replica)?",
+            len(pending), len(refs), warn_after_s,
+        )
+    ray.get(refs)
+
+
+def kill_actors(actors: list) -> None:
+    """Kill actors, ignoring ones already gone."""
+    import ray
+
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # noqa: BLE001 - already dead or never started: nothing to clean up
+            pass

@@ -1,0 +1,160 @@
+"""Evaluating one model directory on the connected Ray cluster: per-sample rewards of every environment.
+
+:func:`evaluate_model` starts its own replicas and rollout workers (in a namespace of its own, so a
+running training is never touched), plays the held-out examples and kills its actors again. The
+same model, config, split, samples, seed and temperature give the same numbers every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rayrl.config import Config
+from rayrl.envs import Example
+
+log = logging.getLogger(__name__)
+
+Split = Literal["eval", "confirm"]
+
+
+class EvalSplitError(ValueError):
+    """An environment's held-out split is too small for the requested evaluation split."""
+
+
+@dataclass
+class EnvEval:
+    """One environment's evaluation: row i is example ``example_ids[i]``, column j its j-th sample."""
+
+    example_ids: list[str]
+    scores: np.ndarray  # [n_examples, samples] rewards
+    completions: list[list[str]]  # [n_examples][samples]
+    metrics: dict[str, np.ndarray]  # named env metrics, [n_examples, samples] (missing -> nan)
+
+
+@dataclass
+class EvalResult:
+    envs: dict[str, EnvEval]  # key = rayrl.driver.env_names(cfg)[i]
+
+
+def split_examples(cfg: Config, examples_by_env: list[list[Example]], split: Split) -> list[list[Example]]:
+    """The examples of ``split`` for every environment, from each environment's ``eval`` examples.
+
+    ``eval``: the first ``eval.num_examples`` (capped by the split, as during training).
+    ``confirm``: the next ``eval.confirm_examples``, reserved for the promotion gate's confirmation;
+    an environment with fewer held-out examples than both together is an error.
+    """
+    from rayrl.driver import env_names
+
+    n_eval, n_confirm = cfg.eval.num_examples, cfg.eval.confirm_examples
+    if split == "eval":
+        for name, examples in zip(env_names(cfg), examples_by_env):
+            if not examples:
+                raise EvalSplitError(f"environment '{name}' has no held-out (eval) examples to evaluate on")
+        return [examples[:n_eval] for examples in examples_by_env]
+    if split != "confirm":
+        raise ValueError(f"split must be 'eval' or 'confirm', got {split!r}")
+    if n_confirm == 0:
+        raise EvalSplitError("the confirm split is empty: eval.confirm_examples = 0; set it above 0")
+    out = []
+    for name, examples in zip(env_names(cfg), examples_by_env):
+        if len(examples) < n_eval + n_confirm:
+            raise EvalSplitError(
+                f"environment '{name}' has {len(examples)} held-out (eval) examples, fewer than eval.num_examples "
+                f"({n_eval}) + eval.confirm_examples ({n_confirm}) = {n_eval + n_confirm} that the confirm split "
+                f"needs (it takes the {n_confirm} examples after the first {n_eval}); raise the environment's "
+                "held-out size (e.g. --env.0.args.eval_size for arithmetic) or lower those keys"
+            )
+        out.append(examples[n_eval : n_eval + n_confirm])
+    return out
+
+
+def evaluate_model(
+    cfg: Config, model_dir: str, *, split: Split = "eval", samples: int = 1, seed: int = 0,
+    temperature: float | None = None,
+) -> EvalResult:
+    """Evaluate the Hugging Face model directory ``model_dir`` (e.g. a checkpoint) on every ``[[env]]``
+    of ``cfg``: ``samples`` completions per example of ``split``, sampled at ``temperature``
+    (default ``eval.temperature``) with seeds derived from ``seed``.
+
+    Ray must already be initialised (``rayrl.cluster.connect``). Starts ``inference.replicas``
+    replicas and ``rollout.workers`` workers on ``model_dir`` and kills them before returning.
+    """
+    import ray
+
+    from rayrl.actors.engine import SamplingParams
+    from rayrl.actors.fleet import kill_actors, start_replicas, start_rollout_workers, wait_ready
+    from rayrl.actors.rollout import Task, split_contiguous
+    from rayrl.driver import env_names, step_seed
+    from rayrl.envs.registry import build_envs
+
+    if not ray.is_initialized():
+        raise RuntimeError("evaluate_model: Ray is not initialised; call rayrl.cluster.connect(cfg.ray) first")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not Path(model_dir, "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    temperature = cfg.eval.temperature if temperature is None else temperature
+    if temperature == 0 and samples > 1:
+        log.warning("temperature 0 (greedy) with %d samples per example: the samples are identical", samples)
+    envs = build_envs(cfg)
+    examples = split_examples(cfg, [env.examples("eval") for env in envs], split)
+    tasks = [Task(i, ex, samples) for i, env_examples in enumerate(examples) for ex in env_examples]
+    params = SamplingParams(cfg.sampling.max_tokens, temperature, 1.0, seed)
+
+    namespace = f"eval-{Path(model_dir).name}-{uuid.uuid4().hex[:8]}"
+    replicas: list = []
+    workers: list = []
+    try:
+        replicas = start_replicas(cfg, str(model_dir), 0, namespace)
+        workers = start_rollout_workers(cfg, str(model_dir), replicas, namespace)
+        wait_ready(replicas)
+        chunks = split_contiguous(tasks, len(workers))
+        refs = [
+            w.rollout.remote(chunk, SamplingParams(params.max_tokens, temperature, 1.0, step_seed(seed, 0, i)))
+            for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
+        ]
+        batches = ray.get(refs)
+    finally:
+        kill_actors(workers + replicas)
+
+    # Rollouts of one batch come task by task, samples in order; group = the task's index in its chunk.
+    rollouts_by_task = []
+    for batch in batches:
+        by_group: dict[int, list] = {}
+        for r in batch.rollouts:
+            by_group.setdefault(r.group, []).append(r)
+        rollouts_by_task.extend(by_group[g] for g in sorted(by_group))
+    if len(rollouts_by_task) != len(tasks):
+        raise RuntimeError(f"evaluation returned {len(rollouts_by_task)} groups for {len(tasks)} examples")
+    names = env_names(cfg)
+    result: dict[str, EnvEval] = {}
+    start = 0
+    for i, env_examples in enumerate(examples):
+        groups = rollouts_by_task[start : start + len(env_examples)]
+        start += len(env_examples)
+        result[names[i]] = _env_eval(env_examples, groups)
+    return EvalResult(result)
+
+
+def _env_eval(examples: list[Example], groups: list[list]) -> EnvEval:
+    for ex, g in zip(examples, groups):
+        if any(r.example_id != ex.id for r in g):
+            raise RuntimeError(f"evaluation: rollouts out of order at example {ex.id}")
+    metric_names = sorted({m for g in groups for r in g for m in r.metrics})
+    metrics = {
+        m: np.array([[r.metrics.get(m, math.nan) for r in g] for g in groups], dtype=np.float64).reshape(len(groups), -1)
+        for m in metric_names
+    }
+    return EnvEval(
+        example_ids=[ex.id for ex in examples],
+        scores=np.array([[r.reward for r in g] for g in groups], dtype=np.float64).reshape(len(groups), -1),
+        completions=[[r.completion for r in g] for g in groups],
+        metrics=metrics,
+    )
