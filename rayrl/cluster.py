@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from rayrl.config import RayConfig
+
+log = logging.getLogger(__name__)
 
 
 def connect(cfg: RayConfig) -> bool:
@@ -15,6 +18,12 @@ def connect(cfg: RayConfig) -> bool:
         return False
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
+        if os.environ.get("RAY_AUTH_MODE") is None:
+            log.info(
+                "joining the Ray cluster at %s; if it uses token authentication (Ray's default), set "
+                "RAY_AUTH_MODE=token and the token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)",
+                address,
+            )
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard, log_to_driver=True)

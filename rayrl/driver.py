@@ -11,13 +11,14 @@ from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from rayrl.actors.engine import SamplingParams
 from rayrl.actors.learner import LearnerGroup, TrainSample
-from rayrl.actors.rollout import Rollout, RolloutWorker, Task, split_contiguous
+from rayrl.actors.fleet import start_replicas, start_rollout_workers
+from rayrl.actors.rollout import Rollout, Task, split_contiguous
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.checkpoint import CheckpointError, CheckpointStore
 from rayrl.cluster import connect
@@ -31,6 +32,9 @@ from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 log = logging.getLogger("rayrl")
 
 EVAL_SEED_OFFSET = 1_000_003
+
+# on_eval(step, metrics, checkpoint_dir or None): called after each evaluation (a Tune trial reports there)
+EvalCallback = Callable[[int, dict[str, Any], Path | None], None]
 
 
 @dataclass
@@ -109,22 +113,9 @@ class Trainer:
                 sampler.load_state_dict(state)
             restore_rng(info["rng"])
             log.info("resuming from %s (step %d, policy version %d)", self.resume_dir, self.step, self.version)
-        ic, rc = cfg.inference, cfg.rollout
-        replica_cls = ray.remote(_inference_actor_class())
-        self.replicas = [
-            replica_cls.options(
-                name=f"replica-{i}", namespace=self.namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
-            ).remote(policy_path, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, self.version)
-            for i in range(ic.replicas)
-        ]
+        self.replicas = start_replicas(cfg, policy_path, self.version, self.namespace)
         self.learners = LearnerGroup(cfg, base_path, self.namespace, str(self.resume_dir) if self.resume_dir else None)
-        worker_cls = ray.remote(RolloutWorker)
-        self.workers = [
-            worker_cls.options(name=f"rollout-{i}", namespace=self.namespace, num_cpus=rc.cpus_per_worker).remote(
-                cfg.env, policy_path, self.replicas, i, cfg.seq_len
-            )
-            for i in range(rc.workers)
-        ]
+        self.workers = start_rollout_workers(cfg, policy_path, self.replicas, self.namespace)
         ray.get([r.get_version.remote() for r in self.replicas])
 
     def shutdown(self) -> None:
@@ -258,7 +249,9 @@ class Trainer:
         return path
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run(self) -> RunResult:
+    def run(self, on_eval: EvalCallback | None = None) -> RunResult:
+        """Train to ``max_steps``. ``on_eval(step, metrics, checkpoint_dir)`` is called after every
+        evaluation, with the checkpoint saved at that step (None if none was): a Ray Tune trial reports there."""
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -270,6 +263,8 @@ class Trainer:
             log.info("Step 0 | Eval: %.4f (before any update)", first["eval_reward_mean"])
             writer.write(first)
             history.append(first)
+            if on_eval is not None:
+                on_eval(0, first, None)
         # disable=None: a bar on terminals only; logs (CI, ray job logs) get just the step lines.
         bar = tqdm(
             total=cfg.max_steps, initial=self.step, desc="rl steps", unit="step",
@@ -284,11 +279,14 @@ class Trainer:
                     t0 = time.perf_counter()
                     metrics.update(self.evaluate())
                     metrics["time/eval_s"] = time.perf_counter() - t0
+                saved = None
                 if (cfg.ckpt.interval and self.step % cfg.ckpt.interval == 0) or (last and cfg.ckpt.at_end):
-                    self.save_checkpoint()
+                    saved = self.save_checkpoint()
                     last_saved = self.step
                 writer.write(metrics)
                 history.append(metrics)
+                if on_eval is not None and "eval_reward_mean" in metrics:
+                    on_eval(self.step, metrics, saved)
                 bar.update(1)
                 (log.info if bar.disable else bar.write)(format_step_line(metrics))
         finally:
@@ -299,12 +297,6 @@ class Trainer:
         if last_saved != self.step and cfg.ckpt.at_end:
             self.save_checkpoint()
         return RunResult(self.output_dir, self.step, history)
-
-
-def _inference_actor_class():
-    from rayrl.actors.inference import InferenceActor
-
-    return InferenceActor
 
 
 def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tuple[list[TrainSample], dict[str, float]]:
@@ -409,15 +401,15 @@ def restore_rng(rng: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", np.array(rng["numpy"]["key"], dtype=np.uint32), rng["numpy"]["pos"], 0, 0.0))
 
 
-def train(cfg: Config) -> RunResult:
-    """Run ``cfg`` end to end on the connected (or a new local) Ray cluster."""
+def train(cfg: Config, on_eval: EvalCallback | None = None) -> RunResult:
+    """Run ``cfg`` end to end on the connected (or a new local) Ray cluster (``on_eval``: see ``Trainer.run``)."""
     import ray
 
     trainer = Trainer(cfg)  # validates the output folder and resume point before any actor starts
     owns_ray = connect(cfg.ray)
     try:
         trainer.start_actors()
-        return trainer.run()
+        return trainer.run(on_eval)
     finally:
         trainer.shutdown()
         if owns_ray:

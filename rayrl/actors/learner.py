@@ -218,23 +218,35 @@ class Learner:
 
 
 class LearnerGroup:
-    """Owns the learner actors and their placement group; fans each call out to every rank."""
+    """Owns the learner actors and their placement group; fans each call out to every rank.
+
+    Inside a placement group that already holds the whole run (a Ray Tune trial reserves one bundle
+    per actor with a ``PlacementGroupFactory``) the learners take bundles of that group instead:
+    a nested group would reserve the same resources twice, outside the trial's reservation.
+    """
 
     def __init__(self, cfg: Config, model_path: str, namespace: str, resume_dir: str | None = None):
         import ray
+        from ray.util import get_current_placement_group
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         lc = cfg.learner
-        bundle = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
-        self.placement_group = placement_group([bundle] * lc.workers, strategy="PACK", name=f"{namespace}-learners")
-        ray.get(self.placement_group.ready())
+        self.placement_group = get_current_placement_group()
+        self.owns_placement_group = self.placement_group is None
+        if self.owns_placement_group:
+            bundle = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
+            self.placement_group = placement_group([bundle] * lc.workers, strategy="PACK", name=f"{namespace}-learners")
+            ray.get(self.placement_group.ready())
         remote_cls = ray.remote(Learner)
         self.actors = [
             remote_cls.options(
                 name=f"learner-{rank}", namespace=namespace,
                 num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    # an enclosing group's bundles are laid out by its owner: any bundle that fits (-1)
+                    self.placement_group, placement_group_bundle_index=rank if self.owns_placement_group else -1,
+                ),
             ).remote(cfg, rank, lc.workers)
             for rank in range(lc.workers)
         ]
@@ -287,7 +299,8 @@ class LearnerGroup:
             pass
         for actor in self.actors:
             ray.kill(actor)
-        remove_placement_group(self.placement_group)
+        if self.owns_placement_group:
+            remove_placement_group(self.placement_group)
 
 
 def shard_evenly(samples: list[TrainSample], world_size: int) -> list[list[TrainSample]]:
