@@ -317,7 +317,7 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
                     completion_start=len(r.prompt_ids),
                     old_logprobs=np.array(r.logprobs, dtype=np.float32),
                     advantage=float(a),
-                    loss_mask=None if r.completion_mask is None else np.array(r.completion_mask, dtype=np.int8),
+                    loss_mask=environment_token_mask(r),
                 )
             )
     flat = [r for g in groups for r in g]
@@ -335,6 +335,13 @@ def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tup
         "turns_mean": float(np.mean([r.turns for r in flat])),
     }
     return samples, stats
+
+
+def environment_token_mask(rollout: Rollout) -> np.ndarray | None:
+    """The learner's loss mask of a rollout: None when every completion token is the model's (the
+    single-turn case, which then costs nothing extra), else 1 at model tokens, 0 at environment ones."""
+    mask = rollout.completion_mask
+    return None if mask is None or all(mask) else np.array(mask, dtype=np.int8)
 
 
 def drop_stale(groups: list[list[Rollout]], version: int, max_off_policy_steps: int) -> tuple[list[list[Rollout]], dict[str, float]]:

@@ -102,3 +102,15 @@ def test_environment_tokens_carry_no_loss():
     assert batch["loss_mask"][0].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
     assert sample.loss_tokens() == 2
     torch.testing.assert_close(batch["old_logprobs"][0], torch.tensor([0.0, -1.0, 0.0, 0.0, -2.0]))
+
+
+def test_train_samples_carry_the_environment_token_mask():
+    from rayrl.actors.rollout import Rollout
+    from rayrl.driver import build_train_samples
+
+    def rollout(reward, mask):
+        return Rollout(0, "x", 0, [1, 2], [5, 6, 7, 8], [-1.0, 0.0, 0.0, -2.0], reward, 0, "stop", completion_mask=mask)
+
+    samples, stats = build_train_samples([[rollout(1.0, [1, 0, 0, 1]), rollout(0.0, [1, 1, 1, 1])]], std_normalize=False)
+    assert samples[0].loss_mask.tolist() == [1, 0, 0, 1] and samples[0].loss_tokens() == 2
+    assert samples[1].loss_mask is None and samples[1].loss_tokens() == 4  # all the model's: no mask needed

@@ -36,7 +36,6 @@ class TrainSample:
     # (multi-turn); None = every completion token is the model's.
     loss_mask: np.ndarray | None = None
 
-
     def loss_tokens(self) -> int:
         """How many tokens this sample trains on (environment tokens excluded)."""
         return len(self.old_logprobs) if self.loss_mask is None else int(np.sum(self.loss_mask))
