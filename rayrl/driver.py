@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -17,8 +17,10 @@ import numpy as np
 
 from rayrl.actors.engine import SamplingParams
 from rayrl.actors.learner import LearnerGroup, TrainSample
-from rayrl.actors.fleet import start_replicas, start_rollout_workers
-from rayrl.actors.rollout import Rollout, Task, split_contiguous
+from rayrl.actors.fleet import (
+    collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
+)
+from rayrl.actors.rollout import Rollout, Task
 from rayrl.algorithms.grpo import group_advantages
 from rayrl.checkpoint import CheckpointError, CheckpointStore
 from rayrl.cluster import connect
@@ -61,11 +63,6 @@ def resolve_output_dir(cfg: Config) -> Path:
     return Path("runs", f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}").resolve()
 
 
-def step_seed(seed: int, step: int, worker: int) -> int:
-    """Sampling seed of one worker's requests at one step: fixed by (seed, step), so resumes repeat it."""
-    return (seed * 1_000_003 + step * 7_919 + worker * 131) % (2**62)
-
-
 class Trainer:
     """Builds the actors for one run and runs the loop from the start or a checkpoint."""
 
@@ -93,8 +90,6 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
-        import ray
-
         cfg = self.cfg
         base_path, base_info = resolve_base_model(cfg)
         self.base_info = base_info
@@ -116,15 +111,12 @@ class Trainer:
         self.replicas = start_replicas(cfg, policy_path, self.version, self.namespace)
         self.learners = LearnerGroup(cfg, base_path, self.namespace, str(self.resume_dir) if self.resume_dir else None)
         self.workers = start_rollout_workers(cfg, policy_path, self.replicas, self.namespace)
-        ray.get([r.get_version.remote() for r in self.replicas])
+        wait_ready(self.replicas)
 
     def shutdown(self) -> None:
-        import ray
-
         if hasattr(self, "learners"):
             self.learners.shutdown()
-        for actor in getattr(self, "replicas", []) + getattr(self, "workers", []):
-            ray.kill(actor)
+        kill_actors(getattr(self, "replicas", []) + getattr(self, "workers", []))
 
     # ---- one step -----------------------------------------------------------------------------
     def next_tasks(self) -> list[Task]:
@@ -134,32 +126,6 @@ class Trainer:
             for i in self.samplers[env_index].take(count):
                 tasks.append(Task(env_index, self.train_examples[env_index][i], self.cfg.rollouts_per_example))
         return tasks
-
-    def submit_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list:
-        """Spread tasks over the workers without waiting; returns the workers' object refs."""
-        chunks = split_contiguous(tasks, len(self.workers))
-        return [
-            w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i)))
-            for i, (w, chunk) in enumerate(zip(self.workers, chunks)) if chunk
-        ]
-
-    @staticmethod
-    def collect_rollouts(refs: list) -> tuple[list[list[Rollout]], float]:
-        """Wait for submitted rollouts; returns each task's group of rollouts in task order, and the
-        generation time (the slowest worker's: workers generate in parallel)."""
-        import ray
-
-        groups: list[list[Rollout]] = []
-        batches = ray.get(refs)
-        for batch in batches:
-            by_group: dict[int, list[Rollout]] = {}
-            for r in batch.rollouts:
-                by_group.setdefault(r.group, []).append(r)
-            groups.extend(by_group[g] for g in sorted(by_group))
-        return groups, max((b.generate_s for b in batches), default=0.0)
-
-    def run_rollouts(self, tasks: list[Task], params: SamplingParams, step: int) -> list[list[Rollout]]:
-        return self.collect_rollouts(self.submit_rollouts(tasks, params, step))[0]
 
     def sampling(self) -> SamplingParams:
         s = self.cfg.sampling
@@ -185,7 +151,7 @@ class Trainer:
             # version (the replicas are busy with already-submitted steps meanwhile, so overlap stays).
             ray.get(self.weight_loads)
             data_position = [sampler.state_dict() for sampler in self.samplers]
-            self.pending.append(PendingStep(step, data_position, self.submit_rollouts(self.next_tasks(), self.sampling(), step)))
+            self.pending.append(PendingStep(step, data_position, submit_rollouts(self.workers, self.next_tasks(), self.sampling(), step)))
 
     def data_position(self) -> list[dict[str, int]]:
         """Where the data order stands after the last trained step (in-flight batches not consumed)."""
@@ -197,7 +163,7 @@ class Trainer:
         start = time.perf_counter()
         self.fill_pipeline()
         pending = self.pending.popleft()
-        groups, t_generate = self.collect_rollouts(pending.refs)
+        groups, t_generate = collect_rollouts(pending.refs)
         t_wait = time.perf_counter() - start
         groups, staleness = drop_stale(groups, self.version, self.cfg.algorithm.max_off_policy_steps)
         samples, stats = build_train_samples(groups, self.cfg.algorithm.std_normalize)
@@ -232,7 +198,7 @@ class Trainer:
         ray.get(self.weight_loads)  # async mode does not wait for them after publishing
         tasks = [Task(i, ex, 1) for i, examples in enumerate(self.eval_examples) for ex in examples]
         params = SamplingParams(self.cfg.sampling.max_tokens, self.cfg.eval.temperature, 1.0, self.cfg.seed + EVAL_SEED_OFFSET)
-        groups = self.run_rollouts(tasks, params, step=0)
+        groups, _ = collect_rollouts(submit_rollouts(self.workers, tasks, params, step=0))
         rewards = [r.reward for g in groups for r in g]
         return {"eval_reward_mean": float(np.mean(rewards)), **per_env_rewards(groups, self.cfg, prefix="eval/")}
 

@@ -46,6 +46,40 @@ def start_rollout_workers(cfg: Config, model_path: str, replicas: list, namespac
     ]
 
 
+def step_seed(seed: int, step: int, worker: int) -> int:
+    """Sampling seed of one worker's requests at one step: fixed by (seed, step), so resumes repeat it."""
+    return (seed * 1_000_003 + step * 7_919 + worker * 131) % (2**62)
+
+
+def submit_rollouts(workers: list, tasks: list, params, step: int) -> list:
+    """Spread ``tasks`` over ``workers`` in contiguous chunks without waiting; returns the object refs.
+    Worker i samples with seed ``step_seed(params.seed, step, i)``."""
+    from dataclasses import replace
+
+    from rayrl.actors.rollout import split_contiguous
+
+    chunks = split_contiguous(tasks, len(workers))
+    return [
+        w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i)))
+        for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
+    ]
+
+
+def collect_rollouts(refs: list) -> tuple[list[list], float]:
+    """Wait for submitted rollouts; returns each task's group of rollouts in task order, and the
+    generation time (the slowest worker's: workers generate in parallel)."""
+    import ray
+
+    groups: list[list] = []
+    batches = ray.get(refs)
+    for batch in batches:
+        by_group: dict[int, list] = {}
+        for r in batch.rollouts:
+            by_group.setdefault(r.group, []).append(r)
+        groups.extend(by_group[g] for g in sorted(by_group))
+    return groups, max((b.generate_s for b in batches), default=0.0)
+
+
 def wait_ready(replicas: list, warn_after_s: float = 60.0) -> None:
     """Block until every replica has loaded its model. Logs a warning (once) when that takes longer
     than ``warn_after_s``: usually the cluster lacks the CPUs/GPUs the replicas reserve."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 
 from rayrl.actors.engine import SamplingParams
@@ -10,8 +9,6 @@ from rayrl.config import EnvConfig
 from rayrl.envs import Environment, Example
 from rayrl.envs.registry import build_env
 from rayrl.envs.episodes import CALL_SEED_STRIDE, EpisodeRequest, EpisodeResult, Generator, Sampled, play_turns
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,9 +47,6 @@ class Rollout:
             episode.metrics, episode.turns, episode.reward_error,
         )
 
-    def loss_mask(self) -> list[int]:
-        return self.completion_mask if self.completion_mask is not None else [1] * len(self.completion_ids)
-
 
 @dataclass
 class RolloutBatch:
@@ -79,7 +73,7 @@ class ReplicaGenerator(Generator):
 
         seed = self.params.seed + CALL_SEED_STRIDE * self.calls
         self.calls += 1
-        chunks = [c for c in split_contiguous(prompts, len(self.replicas))]
+        chunks = split_contiguous(prompts, len(self.replicas))
         refs = [
             replica.generate.remote(chunk, replace(self.params, max_tokens=max_tokens, seed=seed + offset))
             for offset, (replica, chunk) in enumerate(zip(self.replicas, chunks)) if chunk
@@ -124,7 +118,7 @@ class RolloutWorker:
             for i, episode in zip(indices, played):
                 episodes[i] = episode
         rollouts = []
-        for (group, req), episode in zip(requests, episodes):
+        for (group, _), episode in zip(requests, episodes):
             task = tasks[group]  # failed reward calls were logged by RewardOverride (rate-limited)
             rollouts.append(Rollout.from_episode(task.env_index, task.example.id, group, episode))
         return RolloutBatch(rollouts, generator.engine_s)

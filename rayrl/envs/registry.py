@@ -38,8 +38,7 @@ def _openspiel() -> type[Environment]:
     try:
         from rayrl.envs.openspiel_env import OpenSpielEnv
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "pyspiel":
-            raise
+        reraise_unless_missing(e, "pyspiel")
         raise EnvError(_missing("openspiel", e.name, "open-spiel")) from e
     return OpenSpielEnv
 
@@ -48,6 +47,13 @@ BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = {
     "arithmetic": _arithmetic, "sat": _sat, "openspiel": _openspiel,
 }
 GYMNASIUM_PREFIX, VERIFIERS_PREFIX = "gymnasium:", "verifiers:"
+
+
+def reraise_unless_missing(error: ModuleNotFoundError, package_module: str) -> None:
+    """Re-raise ``error`` unless it says the third-party module ``package_module`` is not installed
+    (a missing module of rayrl's own, or one imported by that package, is a bug to show as it is)."""
+    if (error.name or "").split(".")[0] != package_module:
+        raise error
 
 
 def _missing(env_id: str, module: str | None, package: str) -> str:
@@ -102,16 +108,14 @@ def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
         try:
             from rayrl.envs.gymnasium_env import GymnasiumEnv
         except ModuleNotFoundError as e:
-            if (e.name or "").split(".")[0] != "gymnasium":
-                raise
+            reraise_unless_missing(e, "gymnasium")
             raise EnvError(_missing(env_id, e.name, "gymnasium")) from e
         return construct(env_id, GymnasiumEnv, args, env_id[len(GYMNASIUM_PREFIX):])
     name = env_id.removeprefix(VERIFIERS_PREFIX)
     try:
         from rayrl.envs.verifiers_env import load_verifiers_env
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "verifiers":
-            raise
+        reraise_unless_missing(e, "verifiers")
         if env_id.startswith(VERIFIERS_PREFIX):
             raise EnvError(_missing(env_id, e.name, "verifiers")) from e
         raise EnvError(unknown_id_message(env_id, verifiers_installed=False)) from e

@@ -89,9 +89,11 @@ def evaluate_model(
     import ray
 
     from rayrl.actors.engine import SamplingParams
-    from rayrl.actors.fleet import kill_actors, start_replicas, start_rollout_workers, wait_ready
-    from rayrl.actors.rollout import Task, split_contiguous
-    from rayrl.driver import env_names, step_seed
+    from rayrl.actors.fleet import (
+        collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
+    )
+    from rayrl.actors.rollout import Task
+    from rayrl.driver import env_names
     from rayrl.envs.registry import build_envs
 
     if not ray.is_initialized():
@@ -115,22 +117,10 @@ def evaluate_model(
         replicas = start_replicas(cfg, str(model_dir), 0, namespace)
         workers = start_rollout_workers(cfg, str(model_dir), replicas, namespace)
         wait_ready(replicas)
-        chunks = split_contiguous(tasks, len(workers))
-        refs = [
-            w.rollout.remote(chunk, SamplingParams(params.max_tokens, temperature, 1.0, step_seed(seed, 0, i)))
-            for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
-        ]
-        batches = ray.get(refs)
+        rollouts_by_task, _ = collect_rollouts(submit_rollouts(workers, tasks, params, step=0))
     finally:
         kill_actors(workers + replicas)
 
-    # Rollouts of one batch come task by task, samples in order; group = the task's index in its chunk.
-    rollouts_by_task = []
-    for batch in batches:
-        by_group: dict[int, list] = {}
-        for r in batch.rollouts:
-            by_group.setdefault(r.group, []).append(r)
-        rollouts_by_task.extend(by_group[g] for g in sorted(by_group))
     if len(rollouts_by_task) != len(tasks):
         raise RuntimeError(f"evaluation returned {len(rollouts_by_task)} groups for {len(tasks)} examples")
     names = env_names(cfg)
