@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from rayrl.checkpoint import current_umask, write_text_atomic
 from rayrl.evaluation.runner import EvalResult
 from rayrl.evaluation.stats import JEFFREYS_LEVEL, ScoreStats, aggregate, dominated_by, pareto_front, summarize
 
@@ -80,7 +81,7 @@ def write_step(eval_dir: Path, step: int, result: EvalResult, summary: dict[str,
     """Write ``eval_dir/step_<step>/`` (staged under a temporary name, then renamed into place)."""
     eval_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=eval_dir))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; results are for everyone who reads the run
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; results are for everyone who reads the run
     try:
         rows = step_rows(step, result)
         (staging / "metrics.csv").write_text(to_csv(rows))
@@ -171,7 +172,7 @@ def plot_reward_by_step(rows: list[dict[str, Any]], path: Path, front: list[int]
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=".reward_by_step-", suffix=".png", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~current_umask())
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
@@ -188,20 +189,6 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _number(text: str) -> int | float | str:

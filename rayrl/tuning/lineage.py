@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rayrl.checkpoint import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 LINEAGE_FILE = "lineage.jsonl"
@@ -196,21 +198,7 @@ class Lineage:
         pointer = _plain({"name": name, "checkpoint": str(checkpoint), "iteration": int(iteration),
                           "since": since or _now(), "metrics": dict(metrics or {}), "config": config})
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{CHAMPION_FILE}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(pointer, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.champion_path)
-        try:  # make the rename itself durable
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        write_text_atomic(self.champion_path, json.dumps(pointer, indent=2, allow_nan=False) + "\n")
         return pointer
 
     def start(
