@@ -36,9 +36,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from rayrl.actors.engine import SamplingParams, TransformersEngine
     from rayrl.actors.inference import InferenceActor
     from rayrl.config import TinyModelConfig
+    from rayrl.engines.base import SamplingParams
+    from rayrl.engines.transformers_engine import TransformersEngine
     from rayrl.models.tiny import build_tiny_model
 
     torch.set_num_threads(args.threads)

@@ -43,7 +43,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rayrl.evaluation.gate import GateConfig, corrected_alphas, decide, paired_test, sign_test_p  # noqa: E402
+from rayrl.evaluation.gate import (  # noqa: E402
+    GateConfig,
+    corrected_alphas,
+    decide,
+    paired_test,
+    sign_test_p,
+)
 
 Z = NormalDist()
 

@@ -21,15 +21,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rayrl.errors import CheckpointError
+
 INFO_FILE = "training_info.json"
 LATEST_FILE = "latest"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 class CheckpointStore:

@@ -2,8 +2,8 @@
 
 ``train`` and ``config`` live here; every other subcommand is a module in :data:`COMMANDS` that defines
 ``add_arguments(parser)`` and ``run(args) -> int`` and keeps its top-level imports light (the parser
-imports it). Errors users can fix (ConfigError, EnvError, CheckpointError, CommandError) print one
-``error:`` line and exit with status 2.
+imports it). Errors users can fix (``rayrl.errors.RayrlError`` and its kinds) print one ``error:`` line
+and exit with status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from rayrl.errors import RayrlError
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("rayrl.commands.eval", "evaluate a run's checkpoints on held-out data (never touches training)"),
@@ -22,18 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "archive": ("rayrl.commands.archive", "copy a run folder to a storage URI (local, file://, s3://, gs://)"),
     "restore": ("rayrl.commands.restore", "copy a run folder back from a storage URI"),
 }
-
-
-class CommandError(Exception):
-    """A subcommand's input is wrong in a way the message explains (exit status 2)."""
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    from rayrl.checkpoint import CheckpointError
-    from rayrl.config_loading import ConfigError
-    from rayrl.envs.registry import EnvError
-
-    return ConfigError, EnvError, CheckpointError, CommandError
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -79,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         try:
             return args.run(args)
-        except user_errors() as e:
+        except RayrlError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    from rayrl.config_loading import ConfigError, config_reference_markdown, load_config, parse_overrides
+    from rayrl.config_loading import (
+        config_reference_markdown,
+        load_config,
+        parse_overrides,
+    )
 
     try:
         overrides = parse_overrides(rest)
@@ -92,25 +86,23 @@ def main(argv: list[str] | None = None) -> int:
             print(config_reference_markdown())
             return 0
         cfg = load_config(args.experiment, overrides)
-    except ConfigError as e:
+    except RayrlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "config":
-
         print(cfg.model_dump_json(indent=2))
         return 0
     setup_logging(cfg.log.level)
-    from rayrl.checkpoint import CheckpointError
     from rayrl.driver import train
-    from rayrl.envs.registry import EnvError
+    from rayrl.errors import EnvError
 
     try:
         result = train(cfg)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except EnvError as e:
+    except EnvError as e:  # names the [[env]] entry: say which file it is in
         print(f"error: {args.experiment or 'the configuration'}: {e}", file=sys.stderr)
+        return 2
+    except RayrlError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done: {result.final_step} steps, run folder {result.output_dir}")
     return 0

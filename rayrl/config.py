@@ -140,12 +140,14 @@ class InferenceConfig(Section):
 
 
 class LearnerConfig(Section):
-    workers: int = Field(1, ge=1, description="Learner actors in the torch.distributed group.")
+    workers: int = Field(
+        1, ge=0, description="Learner actors (FSDP2 over a torch.distributed group when more than one); 0 runs "
+        "one learner inside the driver process, with no actor (quick experiments and in-process tests).",
+    )
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved by each learner (0 on CPU).")
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved by each learner.")
     threads: int = Field(2, ge=1, description="torch intra-op threads of each learner.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass on one learner.")
-    backend: Literal["fsdp2"] = Field("fsdp2", description="Data-parallel backend.")
 
 
 class RolloutConfig(Section):
@@ -236,3 +238,8 @@ class Config(Section):
     @property
     def prompts_per_step(self) -> int:
         return self.batch_size // self.rollouts_per_example
+
+    def env_names(self) -> list[str]:
+        """Metric names of the ``[[env]]`` entries: the id, with ``#<index>`` when an id appears twice."""
+        ids = [e.id for e in self.env]
+        return [i if ids.count(i) == 1 else f"{i}#{n}" for n, i in enumerate(ids)]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from rayrl.config import Config
+from rayrl.errors import ConfigError
 
 HINT = "See README.md (configuration reference) or run: rayrl config --reference"
 _ATOM = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
@@ -30,10 +31,6 @@ _ARRAY_TABLE = re.compile(rf"^\s*\[\[\s*({_KEY})\s*\]\]")
 _TOML_POS = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
 _INVALID = object()  # "not a TOML value"
 Loc = tuple[Any, ...]
-
-
-class ConfigError(Exception):
-    """A configuration problem; ``str(e)`` is the complete human-readable message."""
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | dict[str, str] | None = None) -> Config:
@@ -62,7 +59,8 @@ def anchor_reward_files(cfg: Config, experiment_dir: Path) -> None:
             env.path = str((experiment_dir / env.path).resolve())
         if env.reward is None:
             continue
-        from rayrl.envs.custom_reward import RewardFunctionError, resolve_reward_spec
+        from rayrl.envs.custom_reward import resolve_reward_spec
+        from rayrl.errors import RewardFunctionError
 
         try:
             env.reward = resolve_reward_spec(env.reward, experiment_dir)

@@ -15,18 +15,25 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rayrl.actors.engine import SamplingParams
-from rayrl.actors.learner import LearnerGroup, TrainSample
 from rayrl.actors.fleet import (
-    collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
+    collect_rollouts,
+    kill_actors,
+    start_replicas,
+    start_rollout_workers,
+    submit_rollouts,
+    wait_ready,
 )
-from rayrl.actors.rollout import Rollout, Task
-from rayrl.algorithms.grpo import group_advantages
-from rayrl.checkpoint import CheckpointError, CheckpointStore
+from rayrl.actors.learner import LearnerGroup
+from rayrl.actors.rollout import Task
+from rayrl.algorithms import grpo
+from rayrl.algorithms.grpo import Rollout, drop_stale
+from rayrl.checkpoint import CheckpointStore
 from rayrl.cluster import connect
 from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
+from rayrl.engines.base import SamplingParams
 from rayrl.envs.registry import build_envs
+from rayrl.errors import CheckpointError
 from rayrl.models.loading import resolve_base_model
 from rayrl.plotting import plot_training_curves
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
@@ -34,6 +41,8 @@ from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 log = logging.getLogger("rayrl")
 
 EVAL_SEED_OFFSET = 1_000_003
+# algorithm.name -> how a step's rollout groups become the learner's samples (advantages, tie filter)
+BATCH_BUILDERS = {"grpo": grpo.build_train_samples}
 
 # on_eval(step, metrics, checkpoint_dir or None): called after each evaluation (a Tune trial reports there)
 EvalCallback = Callable[[int, dict[str, Any], Path | None], None]
@@ -87,6 +96,7 @@ class Trainer:
         self.pending: deque[PendingStep] = deque()
         self.weight_loads: list = []  # replicas' load_weights calls of the newest version
         self.namespace = self.output_dir.name
+        self.build_samples = BATCH_BUILDERS[cfg.algorithm.name]
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
@@ -166,7 +176,7 @@ class Trainer:
         groups, t_generate = collect_rollouts(pending.refs)
         t_wait = time.perf_counter() - start
         groups, staleness = drop_stale(groups, self.version, self.cfg.algorithm.max_off_policy_steps)
-        samples, stats = build_train_samples(groups, self.cfg.algorithm.std_normalize)
+        samples, stats = self.build_samples(groups, self.cfg.algorithm.std_normalize)
         t0 = time.perf_counter()
         update: dict[str, Any] = {}
         if samples:  # every group tied: no gradient at all this step, the policy stays as it is
@@ -265,68 +275,6 @@ class Trainer:
         return RunResult(self.output_dir, self.step, history)
 
 
-def build_train_samples(groups: list[list[Rollout]], std_normalize: bool) -> tuple[list[TrainSample], dict[str, float]]:
-    """Group-relative advantages; groups whose rewards are all equal carry no signal and are dropped."""
-    if not groups:  # every group was too stale: nothing to learn from this step
-        return [], {"reward_mean": float("nan"), "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0,
-                    "train_tokens": 0}
-    rewards = np.array([[r.reward for r in g] for g in groups], dtype=np.float64)
-    advantages = group_advantages(rewards, std_normalize)
-    samples: list[TrainSample] = []
-    for group, adv in zip(groups, advantages):
-        if np.all(adv == 0):
-            continue
-        for r, a in zip(group, adv):
-            samples.append(
-                TrainSample(
-                    token_ids=np.array(r.prompt_ids + r.completion_ids, dtype=np.int64),
-                    completion_start=len(r.prompt_ids),
-                    old_logprobs=np.array(r.logprobs, dtype=np.float32),
-                    advantage=float(a),
-                    loss_mask=environment_token_mask(r),
-                )
-            )
-    flat = [r for g in groups for r in g]
-    seq_lens = [len(r.prompt_ids) + len(r.completion_ids) for r in flat]
-    stats = {
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()),
-        "tokens": float(sum(seq_lens)),
-        "seq_len_mean": float(np.mean(seq_lens)),
-        "completion_len_mean": float(np.mean([len(r.completion_ids) for r in flat])),
-        "truncated_fraction": float(np.mean([r.finish_reason == "length" for r in flat])),
-        "zero_advantage_group_fraction": float(np.mean([np.all(a == 0) for a in advantages])),
-        "train_samples": len(samples),
-        "train_tokens": int(sum(len(s.token_ids) for s in samples)),
-        "turns_mean": float(np.mean([r.turns for r in flat])),
-    }
-    return samples, stats
-
-
-def environment_token_mask(rollout: Rollout) -> np.ndarray | None:
-    """The learner's loss mask of a rollout: None when every completion token is the model's (the
-    single-turn case, which then costs nothing extra), else 1 at model tokens, 0 at environment ones."""
-    mask = rollout.completion_mask
-    return None if mask is None or all(mask) else np.array(mask, dtype=np.int8)
-
-
-def drop_stale(groups: list[list[Rollout]], version: int, max_off_policy_steps: int) -> tuple[list[list[Rollout]], dict[str, float]]:
-    """Drop groups generated more than ``max_off_policy_steps`` versions before ``version``.
-
-    Staleness of a sample = learner version before this update - version that generated it.
-    Returns the kept groups and staleness metrics (mean, max, dropped count, histogram).
-    """
-    staleness = [version - g[0].version for g in groups for _ in g]
-    kept = [g for g in groups if version - g[0].version <= max_off_policy_steps]
-    hist = np.bincount(staleness) if staleness else np.zeros(1, dtype=int)
-    return kept, {
-        "staleness/mean": float(np.mean(staleness)) if staleness else 0.0,
-        "staleness/max": int(max(staleness, default=0)),
-        "staleness/dropped_samples": int(sum(len(g) for g in groups) - sum(len(g) for g in kept)),
-        **{f"staleness/hist_{k}": int(n) for k, n in enumerate(hist)},
-    }
-
-
 def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:
     """Per environment: mean reward, mean of each named metric, and reward-function failures
     (``{prefix}{env}/reward_mean``, ``{prefix}{env}/<metric>``, ``{prefix}{env}/reward_errors``)."""
@@ -334,7 +282,7 @@ def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> di
     for g in groups:
         for r in g:
             by_env.setdefault(r.env_index, []).append(r)
-    names = env_names(cfg)
+    names = cfg.env_names()
     out: dict[str, float] = {}
     for i, rollouts in sorted(by_env.items()):
         key = f"{prefix}{names[i]}/"
@@ -350,12 +298,6 @@ def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> di
         if any(r.turns > 1 for r in rollouts):
             out[key + "turns_mean"] = float(np.mean([r.turns for r in rollouts]))
     return out
-
-
-def env_names(cfg: Config) -> list[str]:
-    """Metric names of the ``[[env]]`` entries: the id, with ``#<index>`` when an id appears twice."""
-    ids = [e.id for e in cfg.env]
-    return [i if ids.count(i) == 1 else f"{i}#{n}" for n, i in enumerate(ids)]
 
 
 def capture_rng() -> dict[str, Any]:

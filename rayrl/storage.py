@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from rayrl.checkpoint import LATEST_FILE, CheckpointStore
+from rayrl.errors import StorageError
 
 MARKER = "_COMPLETE"
 FORMAT = "rayrl-archive/1"
@@ -40,10 +41,6 @@ CREDENTIALS = {
 }
 CREDENTIAL_HINTS = ("access denied", "access_denied", "credential", "forbidden", "403", "signature", "accesskey",
                     "unauthorized", "401", "token")  # fmt: skip
-
-
-class StorageError(RuntimeError):
-    """A storage URI, run folder or archive is wrong in a way the message explains."""
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,8 @@ def local_generator(tiny_model_path):
     ``local_generator(seq_len=128, max_tokens=8, temperature=1.0, seed=0)``."""
     from transformers import AutoTokenizer
 
-    from rayrl.actors.engine import SamplingParams, TransformersEngine
+    from rayrl.engines.base import SamplingParams
+    from rayrl.engines.transformers_engine import TransformersEngine
     from rayrl.envs.episodes import EngineGenerator
 
     engine = TransformersEngine.from_pretrained(tiny_model_path)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rayrl.actors.engine import SamplingParams
-from rayrl.actors.learner import LearnerGroup, TrainSample
-from rayrl.algorithms.grpo import token_logprobs
+from rayrl.actors.learner import LearnerGroup
+from rayrl.algorithms.grpo import TrainSample
+from rayrl.algorithms.sampling import token_logprobs
+from rayrl.engines.base import SamplingParams
 
 
 def random_samples(n: int, seed: int = 0) -> list[TrainSample]:
@@ -35,10 +36,14 @@ def test_published_weights_equal_the_learners_bit_for_bit(ray_cluster, small_con
     group = LearnerGroup(cfg, base_model_path, namespace="test-publish")
     replicas = make_replicas(ray, base_model_path, 2)
     try:
+        base = ray.get(replicas[0].state_dict.remote())
         group.update(random_samples(12))
         ref = group.publish_weights(version=1)
         assert ray.get([r.load_weights.remote(ref) for r in replicas]) == [1, 1]
         learner_sd = group.full_state_dict()
+        # the update really moved the weights: the replicas serve new values, not the base model's
+        moved = [name for name, tensor in learner_sd.items() if not torch.equal(tensor, base[name])]
+        assert len(moved) >= len(learner_sd) // 2 and "model.embed_tokens.weight" in moved, moved
         for replica_sd in ray.get([r.state_dict.remote() for r in replicas]):
             for name, tensor in learner_sd.items():
                 assert torch.equal(replica_sd[name], tensor), name

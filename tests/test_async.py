@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from rayrl.actors.engine import SamplingParams
-from rayrl.actors.rollout import Rollout
-from rayrl.actors.weights import flatten_state_dict
-from rayrl.algorithms.grpo import token_logprobs
-from rayrl.driver import drop_stale, train
+from rayrl.algorithms.sampling import token_logprobs
+from rayrl.driver import train
+from rayrl.engines.base import SamplingParams
+from rayrl.engines.weights import flatten_state_dict
 from rayrl.tracking import read_metrics
-
-
-def group(version: int, n: int = 2) -> list[Rollout]:
-    return [Rollout(0, "x", 0, [1], [2], [-0.1], 1.0, version, "stop") for _ in range(n)]
-
-
-def test_drop_stale_keeps_k_versions_and_counts_the_rest():
-    kept, stats = drop_stale([group(5), group(4), group(3, n=3)], version=5, max_off_policy_steps=1)
-    assert [g[0].version for g in kept] == [5, 4]
-    assert stats["staleness/dropped_samples"] == 3 and stats["staleness/max"] == 2
-    assert (stats["staleness/hist_0"], stats["staleness/hist_1"], stats["staleness/hist_2"]) == (2, 2, 3)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from rayrl.checkpoint import CheckpointError, CheckpointStore
+from rayrl.checkpoint import CheckpointStore
+from rayrl.errors import CheckpointError
 
 
 def save(store: CheckpointStore, step: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rayrl.envs import Example, make_env
-from rayrl.envs.base import Environment, Episode, Turn
+from rayrl.envs.base import Environment, Episode, EpisodeRequest, Turn
 from rayrl.envs.custom_reward import (
     CallRunner,
     RewardFunctionError,
@@ -19,7 +19,7 @@ from rayrl.envs.custom_reward import (
     resolve_reward_spec,
     with_reward,
 )
-from rayrl.envs.episodes import EpisodeRequest, play_turns
+from rayrl.envs.episodes import play_turns
 
 REWARDS = Path(__file__).parent / "rewards"
 FIXTURES = REWARDS / "reward_fixtures.py"

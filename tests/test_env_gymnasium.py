@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("gymnasium")
 
 from rayrl.envs import make_env  # noqa: E402
-from rayrl.envs.episodes import EpisodeRequest, play_turns  # noqa: E402
+from rayrl.envs.base import EpisodeRequest  # noqa: E402
+from rayrl.envs.episodes import play_turns  # noqa: E402
 
 LAKE = "gymnasium:FrozenLake-v1"
 STILL_LAKE = {"make_args": {"is_slippery": False}}

@@ -135,7 +135,8 @@ def test_errors_name_the_environment_and_the_fix(args, message):
 
 
 def test_tiny_model_episodes_score_like_the_environment(local_generator):
-    from rayrl.envs.episodes import EpisodeRequest, play_turns
+    from rayrl.envs.base import EpisodeRequest
+    from rayrl.envs.episodes import play_turns
 
     env = make_env("openspiel", {"show_action_strings": False, "eval_tasks_per_case": 24})
     generator = local_generator(seq_len=80, max_tokens=3, temperature=1.0, seed=0)

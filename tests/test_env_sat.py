@@ -8,10 +8,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from rayrl.envs import make_env
-from rayrl.envs.base import split_score
-from rayrl.envs.episodes import EpisodeRequest, play_turns
-from rayrl.envs.registry import EnvError
+from rayrl.envs.base import EpisodeRequest, split_score
+from rayrl.envs.episodes import play_turns
 from rayrl.envs.sat import BitmaskSolver, random_formulas, solve
+from rayrl.errors import EnvError
 from rayrl.models.tiny import CHARACTERS
 
 SMALL = {"n_vars": 5, "num_train": 300, "num_eval": 50}

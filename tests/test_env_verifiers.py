@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("verifiers")
 
-from rayrl.actors.engine import Completion  # noqa: E402
+from rayrl.engines.base import Completion  # noqa: E402
 from rayrl.envs import make_env  # noqa: E402
-from rayrl.envs.episodes import EngineGenerator, EpisodeRequest, EpisodeResult, Generator, Sampled  # noqa: E402
-from rayrl.envs.registry import EnvError  # noqa: E402
+from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator, Sampled  # noqa: E402
+from rayrl.envs.episodes import EngineGenerator  # noqa: E402
+from rayrl.errors import EnvError  # noqa: E402
 
 VF_ENVS = Path(__file__).parent / "vf_envs"
 CHATML = (

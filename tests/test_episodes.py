@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoTokenizer
 
-from rayrl.actors.learner import TrainSample, collate
 from rayrl.envs import make_env
-from rayrl.envs.base import Environment, Episode, Example, Turn, split_score
-from rayrl.envs.episodes import EpisodeRequest, play_turns
+from rayrl.envs.base import (
+    Environment,
+    Episode,
+    EpisodeRequest,
+    Example,
+    Turn,
+    split_score,
+)
+from rayrl.envs.episodes import play_turns
 
 
 class CountdownEpisode(Episode):
@@ -88,29 +93,3 @@ def test_scores_may_be_named_metrics_and_must_be_numbers():
     for bad in ("1.0", None, float("nan"), {"reward": "x"}):
         with pytest.raises(TypeError):
             split_score(bad)
-
-
-def test_environment_tokens_carry_no_loss():
-    """collate's loss mask is 0 at environment tokens: only the model's own tokens are trained on."""
-    sample = TrainSample(
-        token_ids=np.array([1, 5, 6, 7, 8, 9], dtype=np.int64), completion_start=2,
-        old_logprobs=np.array([-1.0, 0.0, 0.0, -2.0], dtype=np.float32), advantage=1.0,
-        loss_mask=np.array([1, 0, 0, 1], dtype=np.int8),
-    )
-    batch = collate([sample], pad_id=0)
-    # targets are shifted by one: completion token j sits at loss position completion_start - 1 + j
-    assert batch["loss_mask"][0].tolist() == [0.0, 1.0, 0.0, 0.0, 1.0]
-    assert sample.loss_tokens() == 2
-    torch.testing.assert_close(batch["old_logprobs"][0], torch.tensor([0.0, -1.0, 0.0, 0.0, -2.0]))
-
-
-def test_train_samples_carry_the_environment_token_mask():
-    from rayrl.actors.rollout import Rollout
-    from rayrl.driver import build_train_samples
-
-    def rollout(reward, mask):
-        return Rollout(0, "x", 0, [1, 2], [5, 6, 7, 8], [-1.0, 0.0, 0.0, -2.0], reward, 0, "stop", completion_mask=mask)
-
-    samples, stats = build_train_samples([[rollout(1.0, [1, 0, 0, 1]), rollout(0.0, [1, 1, 1, 1])]], std_normalize=False)
-    assert samples[0].loss_mask.tolist() == [1, 0, 0, 1] and samples[0].loss_tokens() == 2
-    assert samples[1].loss_mask is None and samples[1].loss_tokens() == 4  # all the model's: no mask needed

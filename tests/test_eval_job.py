@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL, merge  # noqa: E402  (tests/ is on sys.path)
 
 from rayrl.cli import main
 from rayrl.config import Config
+from rayrl.errors import EvalSplitError
 from rayrl.evaluation.report import AGGREGATE, BASE_COLUMNS
-from rayrl.evaluation.runner import EvalSplitError, evaluate_model
+from rayrl.evaluation.runner import evaluate_model
 from rayrl.evaluation.stats import jeffreys_interval
-
-from conftest import SMALL, merge  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rayrl.config_loading import load_config
-from rayrl.driver import env_names, train
+from rayrl.driver import train
 from rayrl.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_experiment_trains_two_steps(name, ray_cluster, model_cache, tmp_path):
     metrics = read_metrics(train(cfg).output_dir / "metrics.jsonl")
     steps = [m for m in metrics if m["step"] > 0]
     assert [m["step"] for m in steps] == [1, 2]
-    for env in env_names(cfg):
+    for env in cfg.env_names():
         assert all(f"reward/{env}/reward_mean" in m for m in steps), (env, steps[-1].keys())
         assert f"eval/{env}/reward_mean" in steps[-1]
     assert steps[-1]["policy_version"] >= 0 and steps[-1]["tokens"] > 0

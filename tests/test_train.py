@@ -7,8 +7,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from rayrl.checkpoint import CheckpointError
 from rayrl.driver import train
+from rayrl.errors import CheckpointError
 from rayrl.tracking import read_metrics
 
 TIMING_KEYS = ("step_time_s", "tokens_per_s", "time/")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rayrl.config_loading import ConfigError
+from rayrl.errors import ConfigError
 from rayrl.tuning.lineage import Lineage
 from rayrl.tuning.sweep import load_sweep, trial_bundles
 

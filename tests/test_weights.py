@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from rayrl.actors.weights import ALIGNMENT, flatten_state_dict, load_into, unflatten
+from rayrl.engines.weights import ALIGNMENT, flatten_state_dict, load_into, unflatten
 
 
 def test_round_trip_is_bit_exact_for_mixed_dtypes():
@@ -39,7 +39,7 @@ def test_load_into_rejects_foreign_tensors():
 
 
 def test_alias_into_shares_memory_and_falls_back_on_dtype_mismatch():
-    from rayrl.actors.weights import alias_into
+    from rayrl.engines.weights import alias_into
 
     model = torch.nn.Linear(3, 2)
     bundle = flatten_state_dict({"weight": torch.randn(2, 3), "bias": torch.randn(2)}, version=2)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rayrl.actors.engine import Completion, Engine, SamplingParams, TransformersEngine
-from rayrl.actors.weights import WeightBundle
+from rayrl.engines import make_engine
+from rayrl.engines.base import Completion, SamplingParams
+from rayrl.engines.weights import WeightBundle
 
 
 @dataclass
@@ -16,13 +17,6 @@ class GenerationResult:
     completions: list[Completion]
     version: int  # policy version that produced every completion of this call
     engine_s: float = 0.0  # time the engine spent generating (excludes queueing)
-
-
-def make_engine(engine: str, model_path: str, dtype: str, device: str, max_batch_size: int) -> Engine:
-    """Explicit factory: the engine named in ``inference.engine``."""
-    if engine == "transformers":
-        return TransformersEngine.from_pretrained(model_path, dtype=dtype, device=device, max_batch_size=max_batch_size)
-    raise ValueError(f"inference.engine: unknown engine '{engine}' (available: transformers)")
 
 
 class InferenceActor:

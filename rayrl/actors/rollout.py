@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from rayrl.actors.engine import SamplingParams
+from rayrl.algorithms.grpo import Rollout
 from rayrl.config import EnvConfig
-from rayrl.envs import Environment, Example
+from rayrl.engines.base import SamplingParams
+from rayrl.envs.base import (
+    EpisodeRequest,
+    EpisodeResult,
+    Example,
+    Generator,
+    Sampled,
+    drives_generation,
+)
+from rayrl.envs.episodes import CALL_SEED_STRIDE, play_turns
 from rayrl.envs.registry import build_env
-from rayrl.envs.episodes import CALL_SEED_STRIDE, EpisodeRequest, EpisodeResult, Generator, Sampled, play_turns
 
 
 @dataclass
@@ -18,34 +26,6 @@ class Task:
     env_index: int
     example: Example
     samples: int
-
-
-@dataclass
-class Rollout:
-    """One scored episode: a single completion, or a multi-turn interaction."""
-
-    env_index: int
-    example_id: str
-    group: int  # index of its Task in the request: episodes of one example share a group
-    prompt_ids: list[int]
-    completion_ids: list[int]  # every token after the prompt: the model's and, in multi-turn, the env's
-    logprobs: list[float]  # behaviour log-probs of completion_ids (0.0 at environment tokens)
-    reward: float
-    version: int  # oldest policy version among the episode's model turns
-    finish_reason: str
-    completion: str = field(repr=False, default="")
-    completion_mask: list[int] | None = field(repr=False, default=None)  # 1 = model token; None = all model
-    metrics: dict[str, float] = field(default_factory=dict)  # the environment's named metrics
-    turns: int = 1
-    reward_error: str = ""  # why the reward function failed (reward 0), else ""
-
-    @classmethod
-    def from_episode(cls, env_index: int, example_id: str, group: int, episode: EpisodeResult) -> Rollout:
-        return cls(
-            env_index, example_id, group, episode.prompt_ids, episode.completion_ids, episode.logprobs,
-            episode.reward, episode.version, episode.finish_reason, episode.completion, episode.completion_mask,
-            episode.metrics, episode.turns, episode.reward_error,
-        )
 
 
 @dataclass
@@ -120,7 +100,7 @@ class RolloutWorker:
         rollouts = []
         for (group, _), episode in zip(requests, episodes):
             task = tasks[group]  # failed reward calls were logged by RewardOverride (rate-limited)
-            rollouts.append(Rollout.from_episode(task.env_index, task.example.id, group, episode))
+            rollouts.append(rollout_of(task, group, episode))
         return RolloutBatch(rollouts, generator.engine_s)
 
     def _check_prompt_lengths(self, tasks: list[Task], prompt_ids: list[list[int]]) -> None:
@@ -137,9 +117,13 @@ class RolloutWorker:
         return self.replicas[k:] + self.replicas[:k]
 
 
-def drives_generation(env: Environment) -> bool:
-    """True for environments that override ``play`` (they run their own rollout loop)."""
-    return type(env).play is not Environment.play
+def rollout_of(task: Task, group: int, episode: EpisodeResult) -> Rollout:
+    """The Rollout the learner's step reads, from one played episode of ``task``."""
+    return Rollout(
+        task.env_index, task.example.id, group, episode.prompt_ids, episode.completion_ids, episode.logprobs,
+        episode.reward, episode.version, episode.finish_reason, episode.completion, episode.completion_mask,
+        episode.metrics, episode.turns, episode.reward_error,
+    )
 
 
 def split_contiguous(items: list, parts: int) -> list[list]:

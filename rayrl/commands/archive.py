@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayrl.cli import CommandError
-    from rayrl.storage import StorageError, archive
+    from rayrl.errors import CommandError, StorageError
+    from rayrl.storage import archive
 
     try:
         result = archive(args.run_dir, args.uri, force=args.force, keep_latest=args.keep_latest, progress=args.progress)

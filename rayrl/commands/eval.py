@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from rayrl.checkpoint import CheckpointStore
-    from rayrl.cli import CommandError
+    from rayrl.errors import CommandError
     from rayrl.evaluation.report import FORMAT_VERSION, consolidate
 
     run_dir = Path(args.run_dir)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def select_steps(available: list[int], spec: str, root: Path) -> list[int]:
-    from rayrl.cli import CommandError
+    from rayrl.errors import CommandError
 
     if not available:
         raise CommandError(f"no checkpoints in {root} (a run saves them under checkpoints/step_N)")
@@ -93,9 +93,8 @@ def run_config(store, steps: list[int], args):
     ``--num-examples`` applied; returns it and the restricted environment's name (or None)."""
     from pydantic import ValidationError
 
-    from rayrl.cli import CommandError
     from rayrl.config import Config
-    from rayrl.driver import env_names
+    from rayrl.errors import CommandError
 
     newest = store.path(steps[-1])
     try:
@@ -112,7 +111,7 @@ def run_config(store, steps: list[int], args):
         cfg.eval.num_examples = args.num_examples
     env_name = None
     if args.env is not None:
-        names = env_names(cfg)
+        names = cfg.env_names()
         if args.env not in names:
             raise CommandError(f"--env: unknown environment '{args.env}'; this run's environments: {', '.join(names)}")
         env_name = args.env
@@ -164,9 +163,9 @@ class EvalJob:
         return "evaluated"
 
     def evaluate(self, ckpt: Path):
-        from rayrl.cli import CommandError
         from rayrl.cluster import connect
-        from rayrl.evaluation.runner import EvalResult, EvalSplitError, evaluate_model
+        from rayrl.errors import CommandError, EvalSplitError
+        from rayrl.evaluation.runner import EvalResult, evaluate_model
 
         if not self.owns_ray:  # connect at the first step to evaluate: reused steps need no cluster
             self.owns_ray = connect(self.cfg.ray)

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayrl.cli import CommandError
+    from rayrl.errors import CommandError
     from rayrl.tuning.lineage import LINEAGE_FILE, Lineage
 
     root = Path(args.root)

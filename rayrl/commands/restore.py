@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rayrl.cli import CommandError
-    from rayrl.storage import StorageError, restore
+    from rayrl.errors import CommandError, StorageError
+    from rayrl.storage import restore
 
     try:
         result = restore(args.uri, args.run_dir, force=args.force, progress=args.progress)

@@ -1,7 +1,7 @@
 """The environment protocol: examples with train/eval splits, prompts, single- and multi-turn stepping,
 scoring with named metrics.
 
-Every environment is played as *episodes*. The rollout worker (``rayrl.envs.episodes.play``) asks
+Every environment is played as *episodes*. The rollout worker (``rayrl.envs.episodes.play_turns``) asks
 ``env.start(example)`` for an :class:`Episode`, generates the model's turn from the token ids so far,
 hands the decoded text to ``episode.step(text)`` and, while the episode is not done, appends the
 environment's reply (``Turn.observation``) as tokens that are masked out of the loss. A single-turn
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 if TYPE_CHECKING:
-    from rayrl.envs.episodes import EpisodeResult, Generator, EpisodeRequest
+    from rayrl.engines.base import Completion
 
 Split = Literal["train", "eval"]
 # What a scoring function returns: a reward, or named floats of which "reward" is the reward
@@ -91,10 +91,101 @@ class Environment(ABC):
         return example.answer
 
     def play(self, requests: "list[EpisodeRequest]", generator: "Generator") -> "list[EpisodeResult]":
-        """Play every request's episode; the default steps ``start(example)`` turn by turn."""
-        from rayrl.envs.episodes import play_turns
+        """Play every request's episode with your own rollout loop, generating through ``generator``.
 
-        return play_turns(requests, generator)
+        Only environments that drive generation themselves (verifiers) override this; the others are
+        played turn by turn by ``rayrl.envs.episodes.play_turns`` through ``start`` and ``Episode.step``.
+        """
+        raise NotImplementedError(
+            f"environment '{self.id}' does not drive generation: rayrl plays its episodes turn by turn "
+            "(rayrl.envs.episodes.play_turns)"
+        )
+
+
+def drives_generation(env: Environment) -> bool:
+    """True for environments that override ``play`` (they run their own rollout loop)."""
+    return type(env).play is not Environment.play
+
+
+# ---- what environments see of generation, and what a played episode is --------------------------
+@dataclass
+class EpisodeRequest:
+    """Play ``example`` of ``env`` once, starting from the tokenised prompt."""
+
+    env: Environment
+    example: Example
+    prompt_ids: list[int]
+
+
+@dataclass
+class Sampled:
+    """One model turn as the engine produced it, with the policy version that produced it."""
+
+    completion: "Completion"
+    version: int
+
+
+@dataclass
+class EpisodeResult:
+    """A finished episode: the whole token sequence after the prompt and what it earned."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)  # model and environment tokens after the prompt
+    completion_mask: list[int] = field(default_factory=list)  # 1 = the model's token (trained on), 0 = env's
+    logprobs: list[float] = field(default_factory=list)  # behaviour log-probs; 0.0 at environment tokens
+    reward: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: int = -1  # oldest policy version among the episode's model turns
+    finish_reason: str = ""  # "stop", "length" (out of tokens) or "max_turns"
+    turns: int = 0
+    completion: str = ""  # the text after the prompt, for logs
+    reward_error: str = ""  # why the reward function failed (the reward is then 0), else ""
+
+    def add_model_turn(self, sampled: Sampled, text: str) -> None:
+        c = sampled.completion
+        self.completion_ids += c.token_ids
+        self.completion_mask += [1] * len(c.token_ids)
+        self.logprobs += c.logprobs
+        self.version = sampled.version if self.version < 0 else min(self.version, sampled.version)
+        self.turns += 1
+        self.completion += text
+
+    def add_environment_turn(self, token_ids: list[int], text: str) -> None:
+        self.completion_ids += token_ids
+        self.completion_mask += [0] * len(token_ids)
+        self.logprobs += [0.0] * len(token_ids)
+        self.completion += text
+
+    def add_reward(self, turn: Turn) -> None:
+        self.reward += turn.reward
+        metrics = dict(turn.metrics)
+        if "reward_error" in metrics:  # set by rayrl.envs.custom_reward when a reward function fails
+            self.reward_error = str(metrics.pop("reward_error"))
+        self.metrics.update(metrics)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+class Generator(ABC):
+    """Samples model turns: what environments see of the inference replicas."""
+
+    tokenizer: object
+    seq_len: int
+    max_tokens: int  # per model turn
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
+        """One model turn per prompt, at most ``max_tokens`` tokens each."""
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of environment text (no special tokens added)."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
 
 
 def split_score(score: Score) -> tuple[float, dict[str, float]]:

@@ -31,8 +31,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from rayrl.envs.base import Environment, Episode, Example, Split, Turn, split_score
-from rayrl.envs.registry import EnvError
+from rayrl.envs.base import (
+    Environment,
+    Episode,
+    Example,
+    Split,
+    Turn,
+    drives_generation,
+    split_score,
+)
+from rayrl.errors import RewardFunctionError
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +48,6 @@ RewardFn = Callable[[str, str, str, dict], Any]
 PARAMETERS = ("prompt", "completion", "answer", "info")
 MAX_HUNG_CALLS = 8  # abandoned calls still running at once before further calls are skipped
 LOGGED_FAILURES = 20  # failures logged one by one per environment; after that, every 100th
-
-
-class RewardFunctionError(EnvError):
-    """A ``reward`` spec that cannot be loaded (or an environment it cannot apply to): says the fix."""
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ class RewardOverride(Environment):
     """
 
     def __init__(self, env: Environment, fn: Callable, timeout_s: float = 5.0, spec: str = ""):
-        plays_itself = type(env).play is not Environment.play
+        plays_itself = drives_generation(env)
         if plays_itself or env.max_turns > 1:
             why = "plays its own episodes" if plays_itself else f"has max_turns = {env.max_turns}"
             raise RewardFunctionError(

@@ -8,94 +8,13 @@ episode whose next observation would not fit ends with finish reason ``length``.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rayrl.envs.base import Example, Turn
+from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator, Sampled
 
 if TYPE_CHECKING:
-    from rayrl.actors.engine import Completion, SamplingParams
-    from rayrl.envs.base import Environment, Episode
-
-
-@dataclass
-class EpisodeRequest:
-    """Play ``example`` of ``env`` once, starting from the tokenised prompt."""
-
-    env: "Environment"
-    example: Example
-    prompt_ids: list[int]
-
-
-@dataclass
-class Sampled:
-    """One model turn as the engine produced it, with the policy version that produced it."""
-
-    completion: "Completion"
-    version: int
-
-
-@dataclass
-class EpisodeResult:
-    """A finished episode: the whole token sequence after the prompt and what it earned."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int] = field(default_factory=list)  # model and environment tokens after the prompt
-    completion_mask: list[int] = field(default_factory=list)  # 1 = the model's token (trained on), 0 = env's
-    logprobs: list[float] = field(default_factory=list)  # behaviour log-probs; 0.0 at environment tokens
-    reward: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
-    version: int = -1  # oldest policy version among the episode's model turns
-    finish_reason: str = ""  # "stop", "length" (out of tokens) or "max_turns"
-    turns: int = 0
-    completion: str = ""  # the text after the prompt, for logs
-    reward_error: str = ""  # why the reward function failed (the reward is then 0), else ""
-
-    def add_model_turn(self, sampled: Sampled, text: str) -> None:
-        c = sampled.completion
-        self.completion_ids += c.token_ids
-        self.completion_mask += [1] * len(c.token_ids)
-        self.logprobs += c.logprobs
-        self.version = sampled.version if self.version < 0 else min(self.version, sampled.version)
-        self.turns += 1
-        self.completion += text
-
-    def add_environment_turn(self, token_ids: list[int], text: str) -> None:
-        self.completion_ids += token_ids
-        self.completion_mask += [0] * len(token_ids)
-        self.logprobs += [0.0] * len(token_ids)
-        self.completion += text
-
-    def add_reward(self, turn: Turn) -> None:
-        self.reward += turn.reward
-        metrics = dict(turn.metrics)
-        if "reward_error" in metrics:  # set by rayrl.envs.custom_reward when a reward function fails
-            self.reward_error = str(metrics.pop("reward_error"))
-        self.metrics.update(metrics)
-
-    @property
-    def length(self) -> int:
-        return len(self.prompt_ids) + len(self.completion_ids)
-
-
-class Generator(ABC):
-    """Samples model turns: what environments see of the inference replicas."""
-
-    tokenizer: object
-    seq_len: int
-    max_tokens: int  # per model turn
-
-    @abstractmethod
-    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        """One model turn per prompt, at most ``max_tokens`` tokens each."""
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of environment text (no special tokens added)."""
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+    from rayrl.engines.base import Completion, SamplingParams
+    from rayrl.envs.base import Episode
 
 
 def play_turns(requests: list[EpisodeRequest], generator: Generator) -> list[EpisodeResult]:

@@ -8,18 +8,20 @@ Ids, in the order they are tried:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 from rayrl.envs.base import Environment
+from rayrl.envs.ids import (
+    BUILTIN_IDS,
+    GYMNASIUM_PREFIX,
+    VERIFIERS_PREFIX,
+    unknown_id_message,
+)
+from rayrl.errors import EnvError
 
 if TYPE_CHECKING:
     from rayrl.config import Config, EnvConfig
-
-
-class EnvError(ValueError):
-    """An ``[[env]]`` entry that cannot be built: the message names the id and the fix."""
 
 
 def _arithmetic() -> type[Environment]:
@@ -43,10 +45,7 @@ def _openspiel() -> type[Environment]:
     return OpenSpielEnv
 
 
-BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = {
-    "arithmetic": _arithmetic, "sat": _sat, "openspiel": _openspiel,
-}
-GYMNASIUM_PREFIX, VERIFIERS_PREFIX = "gymnasium:", "verifiers:"
+BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = dict(zip(BUILTIN_IDS, (_arithmetic, _sat, _openspiel)))
 
 
 def reraise_unless_missing(error: ModuleNotFoundError, package_module: str) -> None:
@@ -120,23 +119,6 @@ def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
             raise EnvError(_missing(env_id, e.name, "verifiers")) from e
         raise EnvError(unknown_id_message(env_id, verifiers_installed=False)) from e
     return load_verifiers_env(name, args, explicit=env_id.startswith(VERIFIERS_PREFIX))
-
-
-def unknown_id_message(env_id: str, verifiers_installed: bool) -> str:
-    """The error for an id that is neither built-in, nor gymnasium, nor an installed verifiers module."""
-    close = difflib.get_close_matches(env_id, BUILTIN_ENVS, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    module = env_id.removeprefix(VERIFIERS_PREFIX).split("/")[-1].replace("-", "_")
-    where = (
-        f"no installed verifiers environment module '{module}' either (install it with "
-        f"`pip install <its package>` or `prime env install {env_id}`)"
-        if verifiers_installed
-        else "and verifiers is not installed (pip install -c constraints.txt -e '.[envs]')"
-    )
-    return (
-        f"unknown environment id '{env_id}': not built-in ({', '.join(sorted(BUILTIN_ENVS))}), not "
-        f"'gymnasium:<EnvId>', {where}.{hint}"
-    )
 
 
 def construct(env_id: str, cls: type[Environment], args: dict[str, Any], *positional: Any) -> Environment:

@@ -44,7 +44,8 @@ from typing import Any
 
 import verifiers as vf
 
-from rayrl.envs.episodes import EpisodeResult, Generator, Sampled, cut
+from rayrl.envs.base import EpisodeResult, Generator, Sampled
+from rayrl.envs.episodes import cut
 
 MODEL_NAME = "rayrl"
 PLAIN_GENERATION_PROMPT = "assistant: "

@@ -38,10 +38,24 @@ from typing import Any, Callable, Coroutine, Iterator, TypeVar
 import numpy as np
 import verifiers as vf
 
-from rayrl.envs.base import Environment, Example, Split
-from rayrl.envs.episodes import EpisodeRequest, EpisodeResult, Generator
-from rayrl.envs.registry import VERIFIERS_PREFIX, EnvError, unknown_id_message
-from rayrl.envs.verifiers_client import MODEL_NAME, RayrlClient, Renderer, Transcript, TurnBatcher, plain_chat
+from rayrl.envs.base import (
+    Environment,
+    EpisodeRequest,
+    EpisodeResult,
+    Example,
+    Generator,
+    Split,
+)
+from rayrl.envs.ids import VERIFIERS_PREFIX, unknown_id_message
+from rayrl.envs.verifiers_client import (
+    MODEL_NAME,
+    RayrlClient,
+    Renderer,
+    Transcript,
+    TurnBatcher,
+    plain_chat,
+)
+from rayrl.errors import EnvError
 
 log = logging.getLogger(__name__)
 HELD_OUT_FRACTION, HELD_OUT_MAX, HELD_OUT_SEED = 0.1, 1000, 0

@@ -18,14 +18,11 @@ import numpy as np
 
 from rayrl.config import Config
 from rayrl.envs import Example
+from rayrl.errors import EvalSplitError
 
 log = logging.getLogger(__name__)
 
 Split = Literal["eval", "confirm"]
-
-
-class EvalSplitError(ValueError):
-    """An environment's held-out split is too small for the requested evaluation split."""
 
 
 @dataclass
@@ -40,7 +37,7 @@ class EnvEval:
 
 @dataclass
 class EvalResult:
-    envs: dict[str, EnvEval]  # key = rayrl.driver.env_names(cfg)[i]
+    envs: dict[str, EnvEval]  # key = cfg.env_names()[i]
 
 
 def split_examples(cfg: Config, examples_by_env: list[list[Example]], split: Split) -> list[list[Example]]:
@@ -50,11 +47,10 @@ def split_examples(cfg: Config, examples_by_env: list[list[Example]], split: Spl
     ``confirm``: the next ``eval.confirm_examples``, reserved for the promotion gate's confirmation;
     an environment with fewer held-out examples than both together is an error.
     """
-    from rayrl.driver import env_names
 
     n_eval, n_confirm = cfg.eval.num_examples, cfg.eval.confirm_examples
     if split == "eval":
-        for name, examples in zip(env_names(cfg), examples_by_env):
+        for name, examples in zip(cfg.env_names(), examples_by_env):
             if not examples:
                 raise EvalSplitError(f"environment '{name}' has no held-out (eval) examples to evaluate on")
         return [examples[:n_eval] for examples in examples_by_env]
@@ -63,7 +59,7 @@ def split_examples(cfg: Config, examples_by_env: list[list[Example]], split: Spl
     if n_confirm == 0:
         raise EvalSplitError("the confirm split is empty: eval.confirm_examples = 0; set it above 0")
     out = []
-    for name, examples in zip(env_names(cfg), examples_by_env):
+    for name, examples in zip(cfg.env_names(), examples_by_env):
         if len(examples) < n_eval + n_confirm:
             raise EvalSplitError(
                 f"environment '{name}' has {len(examples)} held-out (eval) examples, fewer than eval.num_examples "
@@ -88,12 +84,16 @@ def evaluate_model(
     """
     import ray
 
-    from rayrl.actors.engine import SamplingParams
     from rayrl.actors.fleet import (
-        collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
+        collect_rollouts,
+        kill_actors,
+        start_replicas,
+        start_rollout_workers,
+        submit_rollouts,
+        wait_ready,
     )
     from rayrl.actors.rollout import Task
-    from rayrl.driver import env_names
+    from rayrl.engines.base import SamplingParams
     from rayrl.envs.registry import build_envs
 
     if not ray.is_initialized():
@@ -123,7 +123,7 @@ def evaluate_model(
 
     if len(rollouts_by_task) != len(tasks):
         raise RuntimeError(f"evaluation returned {len(rollouts_by_task)} groups for {len(tasks)} examples")
-    names = env_names(cfg)
+    names = cfg.env_names()
     result: dict[str, EnvEval] = {}
     start = 0
     for i, env_examples in enumerate(examples):

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rayrl.actors.engine import SamplingParams, TransformersEngine
 from rayrl.config import WarmstartConfig
+from rayrl.engines.base import SamplingParams
+from rayrl.engines.transformers_engine import TransformersEngine
 from rayrl.envs import Environment, Example
 from rayrl.envs.base import split_score
 

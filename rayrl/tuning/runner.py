@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rayrl.config import Config
-from rayrl.config_loading import ConfigError
+from rayrl.errors import ConfigError
 from rayrl.tuning.lineage import Lineage
 from rayrl.tuning.sweep import SweepConfig, recipe
 

@@ -37,7 +37,15 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from rayrl.config import Config, Section
-from rayrl.config_loading import HINT, ConfigError, _join, _key_lines, _read_toml, _short, load_config
+from rayrl.config_loading import (
+    HINT,
+    _join,
+    _key_lines,
+    _read_toml,
+    _short,
+    load_config,
+)
+from rayrl.errors import ConfigError
 from rayrl.evaluation.gate import GateConfig
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -324,7 +332,8 @@ def check_trial_configs(sweep: SweepConfig, source: str, lines: dict) -> None:
 def _check_confirmation_split(cfg: Config, source: str) -> None:
     """The gate needs eval.confirm_examples held-out examples after the eval split's, in every environment."""
     from rayrl.envs.registry import build_envs
-    from rayrl.evaluation.runner import EvalSplitError, split_examples
+    from rayrl.errors import EvalSplitError
+    from rayrl.evaluation.runner import split_examples
 
     try:
         split_examples(cfg, [env.examples("eval") for env in build_envs(cfg)], "confirm")

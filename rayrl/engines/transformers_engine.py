@@ -1,69 +1,16 @@
-"""Inference engines behind an InferenceActor: the interface, and the transformers engine for CPU.
+"""The transformers engine: batched, KV-cached sampling with a Hugging Face causal LM (CPU or one GPU).
 
-The interface is what a vLLM engine fills on GPUs: token ids in, sampled token ids and the log-prob
-of each sampled token under the sampling distribution out, weights replaced between calls.
+The lightest engine and the CPU default. Log-probs are those of the distribution sampled from
+(``rayrl.algorithms.sampling``, the same function the learner scores with).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-
 import torch
 
-from rayrl.actors.weights import WeightBundle, alias_into, load_into
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
-    finish_reason: str  # "stop" (end-of-sequence sampled) or "length"
-
-
-class Engine(ABC):
-    @abstractmethod
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        """One completion per prompt (repeat a prompt to sample it several times)."""
-
-    @abstractmethod
-    def load_weights(self, bundle: WeightBundle) -> None:
-        """Replace the weights; called between generate calls, never during one."""
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The engine's current weights (for checks)."""
-
-
-def sample_tokens(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row of ``logits`` [B, V]; return (tokens [B], log-probs [B]).
-
-    Log-probs are under the distribution actually sampled from: temperature-scaled and, with
-    ``top_p < 1``, renormalised over the nucleus. Greedy (temperature 0) reports the unscaled log-prob.
-    """
-    logits = logits.float()
-    if temperature == 0:
-        tokens = logits.argmax(-1)
-        return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    logp = torch.log_softmax(logits / temperature, -1)
-    if top_p < 1.0:
-        sorted_logp, order = logp.sort(-1, descending=True)
-        outside = sorted_logp.exp().cumsum(-1) - sorted_logp.exp() >= top_p
-        sorted_logp = sorted_logp.masked_fill(outside, float("-inf"))
-        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp)
-        logp = torch.log_softmax(logp, -1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+from rayrl.algorithms.sampling import sample_tokens
+from rayrl.engines.base import Completion, Engine, SamplingParams
+from rayrl.engines.weights import WeightBundle, alias_into, load_into
 
 
 class TransformersEngine(Engine):
