@@ -34,7 +34,7 @@ def random_digit_rate(cfg) -> float:
 
 
 def run(seed: int, steps: int, out: Path, cache: Path) -> dict[str, float]:
-    from rayrl.config_loading import load_config
+    from rayrl.config.loading import load_config
     from rayrl.driver import train
     from rayrl.tracking import read_metrics
 

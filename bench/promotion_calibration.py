@@ -220,7 +220,7 @@ def table(rows: list[Row]) -> str:
 def real_aa(args: argparse.Namespace) -> np.ndarray:
     """Real A/A on the default experiment's base model; returns its per-example success rates [n]."""
     from rayrl.cluster import connect
-    from rayrl.config_loading import load_config
+    from rayrl.config.loading import load_config
     from rayrl.evaluation.runner import evaluate_model
     from rayrl.models.loading import resolve_base_model
 

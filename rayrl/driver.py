@@ -27,14 +27,17 @@ from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
 from rayrl.algorithms import grpo
 from rayrl.algorithms.grpo import Rollout, drop_stale
-from rayrl.checkpoint import CheckpointStore
-from rayrl.cluster import connect
+from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
 from rayrl.engines.base import SamplingParams
 from rayrl.envs.registry import build_envs
 from rayrl.errors import CheckpointError
 from rayrl.models.loading import resolve_base_model
+from rayrl.models.source import cluster_nodes, model_source
+from rayrl.models.warmstart import check_warm_start
+from rayrl.storage.checkpoints import CheckpointStore
+from rayrl.storage.run_folder import RunFolder
 from rayrl.plotting import plot_training_curves
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 
@@ -45,7 +48,7 @@ EVAL_SEED_OFFSET = 1_000_003
 BATCH_BUILDERS = {"grpo": grpo.build_train_samples}
 
 # on_eval(step, metrics, checkpoint_dir or None): called after each evaluation (a Tune trial reports there)
-EvalCallback = Callable[[int, dict[str, Any], Path | None], None]
+EvalCallback = Callable[[int, dict[str, Any], str | None], None]
 
 
 @dataclass
@@ -59,17 +62,18 @@ class PendingStep:
 
 @dataclass
 class RunResult:
-    output_dir: Path
+    output_dir: Path  # the local folder holding metrics.jsonl (the working copy when the output is a URI)
     final_step: int
     metrics: list[dict[str, Any]]
+    output_uri: str = ""  # where the run's output lives: the folder, or the URI it is uploaded to
 
 
-def resolve_output_dir(cfg: Config) -> Path:
+def resolve_output_dir(cfg: Config) -> str:
     if cfg.output_dir:
-        return Path(cfg.output_dir).resolve()
+        return cfg.output_dir
     if cfg.ckpt.resume_step is not None:
         raise CheckpointError("ckpt.resume_step is set: pass --output-dir RUN_DIR of the run to resume")
-    return Path("runs", f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}").resolve()
+    return str(Path("runs", f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}").resolve())
 
 
 class Trainer:
@@ -78,16 +82,23 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.envs = build_envs(cfg)  # before anything is written: a bad [[env]] leaves no run folder
-        self.output_dir = resolve_output_dir(cfg)
-        self.store = CheckpointStore(self.output_dir / "checkpoints", keep=cfg.ckpt.keep)
-        self.resume_dir = self.store.resolve(cfg.ckpt.resume_step)
-        if self.resume_dir is None and self.store.steps():
+        if cfg.warmstart.enabled:
+            check_warm_start(self.envs[0], cfg.env[0].id)
+        self.run_folder = RunFolder(resolve_output_dir(cfg), cfg.ckpt.dir)
+        self.output_dir = self.run_folder.local
+        self.store = CheckpointStore(self.run_folder.checkpoints, keep=cfg.ckpt.keep)
+        self.resume_uri = self.store.resolve(cfg.ckpt.resume_step)
+        if self.resume_uri is None and self.store.step_folders():
             raise CheckpointError(
-                f"{self.output_dir} already holds checkpoints (steps {self.store.steps()}); pass "
+                f"{self.store.uri} already holds checkpoints (steps {self.store.step_folders()}); pass "
                 "--ckpt.resume_step -1 to continue that run, or choose another --output-dir"
             )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        for name in self.store.remove_stale_staging():
+        if self.resume_uri is not None:
+            self.resume_info = self.store.read_info(self.resume_uri)
+            self.store.verify(self.resume_info["step"])
+            self.run_folder.fetch()
+        self.run_folder.create()
+        for name in self.store.remove_incomplete():
             log.warning("removed %s, the leftover of an interrupted checkpoint save", name)
         self.train_examples = [env.examples("train") for env in self.envs]
         self.eval_examples = [env.examples("eval")[: cfg.eval.num_examples] for env in self.envs]
@@ -95,32 +106,39 @@ class Trainer:
         self.step, self.version = 0, 0
         self.pending: deque[PendingStep] = deque()
         self.weight_loads: list = []  # replicas' load_weights calls of the newest version
-        self.namespace = self.output_dir.name
+        self.namespace = self.run_folder.name
         self.build_samples = BATCH_BUILDERS[cfg.algorithm.name]
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
+        """Start every actor on the connected cluster. On more than one node the checkpoint folder must be
+        one every node sees, and the base model's files travel through the object store."""
         cfg = self.cfg
+        multi_node = cluster_nodes() > 1
+        if multi_node:
+            check_shared_folder(self.store.uri, "ckpt.dir (or --output-dir)")
         base_path, base_info = resolve_base_model(cfg)
         self.base_info = base_info
         if "warmstart" in base_info:
             ws = base_info["warmstart"]
             log.info(
-                "base model %s (%s): supervised warm-start on '%s', %d steps, greedy validation accuracy %.3f",
+                "base model %s (%s): supervised warm-start on '%s', %d steps, greedy validation score %.3f",
                 base_path, "cached" if base_info.get("cached") else "built now", ws["env"], ws["steps"],
                 ws["validation_accuracy"],
             )
-        policy_path = str(self.resume_dir) if self.resume_dir else base_path
-        if self.resume_dir:
-            info = self.store.read_info(self.resume_dir)
+        base = model_source(base_path, ship=multi_node)
+        policy = base
+        if self.resume_uri:
+            info = self.resume_info
             self.step, self.version = info["step"], info["policy_version"]
             for sampler, state in zip(self.samplers, info["data"]["samplers"]):
                 sampler.load_state_dict(state)
             restore_rng(info["rng"])
-            log.info("resuming from %s (step %d, policy version %d)", self.resume_dir, self.step, self.version)
-        self.replicas = start_replicas(cfg, policy_path, self.version, self.namespace)
-        self.learners = LearnerGroup(cfg, base_path, self.namespace, str(self.resume_dir) if self.resume_dir else None)
-        self.workers = start_rollout_workers(cfg, policy_path, self.replicas, self.namespace)
+            policy = model_source(self.resume_uri)  # a URI, or a folder every node sees
+            log.info("resuming from %s (step %d, policy version %d)", self.resume_uri, self.step, self.version)
+        self.replicas = start_replicas(cfg, policy, self.version, self.namespace)
+        self.learners = LearnerGroup(cfg, base, self.namespace, policy if self.resume_uri else None)
+        self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace)  # the tokenizer only
         wait_ready(self.replicas)
 
     def shutdown(self) -> None:
@@ -212,17 +230,19 @@ class Trainer:
         rewards = [r.reward for g in groups for r in g]
         return {"eval_reward_mean": float(np.mean(rewards)), **per_env_rewards(groups, self.cfg, prefix="eval/")}
 
-    def save_checkpoint(self) -> Path:
-        staging = self.store.staging(self.step)
-        self.learners.save(str(staging))
+    def save_checkpoint(self) -> str:
+        """The learners write the checkpoint's files, then the driver commits it (one writer); returns its URI."""
+        target = self.store.begin(self.step)
+        files = self.learners.save(target)
         info = {
             "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
             "rng": capture_rng(), "data": {"samplers": self.data_position()},
-            "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"),
+            "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"), "files": files,
         }
-        path = self.store.commit(staging, self.step, info)
-        log.info("saved checkpoint %s", path)
-        return path
+        uri = self.store.commit(target, self.step, info)
+        self.run_folder.sync()
+        log.info("saved checkpoint %s", uri)
+        return uri
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, on_eval: EvalCallback | None = None) -> RunResult:
@@ -231,9 +251,9 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        writer = MetricsWriter(cfg, self.output_dir, self.step if self.resume_dir else None)
+        writer = MetricsWriter(cfg, self.output_dir, self.step if self.resume_uri else None)
         history: list[dict[str, Any]] = []
-        if self.resume_dir is None and cfg.eval.interval and cfg.eval.at_start:
+        if self.resume_uri is None and cfg.eval.interval and cfg.eval.at_start:
             t0 = time.perf_counter()
             first = {"step": 0, "policy_version": self.version, **self.evaluate(), "time/eval_s": time.perf_counter() - t0}
             log.info("Step 0 | Eval: %.4f (before any update)", first["eval_reward_mean"])
@@ -246,7 +266,7 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, desc="rl steps", unit="step",
             disable=None if cfg.log.progress else True, dynamic_ncols=True,
         )
-        last_saved = self.step if self.resume_dir else None
+        last_saved = self.step if self.resume_uri else None
         try:
             while self.step < cfg.max_steps:
                 metrics = self.train_step()
@@ -270,9 +290,10 @@ class Trainer:
             writer.close()
             if writer.path.exists():  # plot whatever exists, also after a crash
                 plot_training_curves(read_metrics(writer.path), self.output_dir / "metrics.png", self.namespace)
+            self.run_folder.sync()
         if last_saved != self.step and cfg.ckpt.at_end:
             self.save_checkpoint()
-        return RunResult(self.output_dir, self.step, history)
+        return RunResult(self.output_dir, self.step, history, self.run_folder.uri)
 
 
 def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rayrl.config_loading import config_reference_markdown
+from rayrl.config.loading import config_reference_markdown
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 lines = readme.read_text().split("\n")

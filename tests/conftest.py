@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Credentials of the moto S3 server (s3_server below), set before the session's Ray cluster starts so its
+# actors inherit them, as the nodes of a real cluster have theirs. Never a developer's real AWS account.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+os.environ.pop("AWS_PROFILE", None)
 
 from rayrl.config import Config  # noqa: E402
 
@@ -113,3 +117,25 @@ def local_generator(tiny_model_path):
         return EngineGenerator(engine, tokenizer, seq_len, SamplingParams(max_tokens, temperature, 1.0, seed))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free loopback port with bucket 'rayrl'; yields the URI query that reaches it
+    (``s3://rayrl/some/prefix?<query>``)."""
+    import logging
+    import socket
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra has it)")
+    boto3 = pytest.importorskip("boto3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="rayrl")
+        yield f"endpoint_override=127.0.0.1:{port}&scheme=http"
+    finally:
+        server.stop()

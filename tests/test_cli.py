@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rayrl.config_loading import config_reference_markdown
+from rayrl.config.loading import config_reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused_before_starting_ray
 
 
 def test_every_shipped_experiment_resolves_and_builds_its_environments():
-    from rayrl.config_loading import load_config
+    from rayrl.config.loading import load_config
     from rayrl.envs.registry import build_envs
 
     paths = sorted((ROOT / "experiments").glob("*.toml"))

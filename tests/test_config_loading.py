@@ -10,13 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 from rayrl.config import Config
-from rayrl.config_loading import (
-    HINT,
-    ConfigError,
-    config_reference_markdown,
-    load_config,
-    parse_overrides,
-)
+from rayrl.config.located import HINT
+from rayrl.config.loading import config_reference_markdown, load_config, parse_overrides
+from rayrl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

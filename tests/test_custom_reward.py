@@ -11,12 +11,12 @@ from transformers import AutoTokenizer
 
 from rayrl.envs import Example, make_env
 from rayrl.envs.base import Environment, Episode, EpisodeRequest, Turn
+from rayrl.config.loading import anchor_reward_spec
 from rayrl.envs.custom_reward import (
     CallRunner,
     RewardFunctionError,
     RewardOverride,
     load_reward_function,
-    resolve_reward_spec,
     with_reward,
 )
 from rayrl.envs.episodes import play_turns
@@ -58,8 +58,8 @@ def test_file_spec_resolves_against_base_dir_then_cwd(arithmetic, monkeypatch, t
     module.CALLS.clear()
     assert from_base(e.prompt, e.answer, e.answer, e.info) == 1.0
     assert module.CALLS == [(e.prompt, e.answer, e.answer, e.info)]
-    assert resolve_reward_spec("rewards/reward_fixtures.py:exact", REWARDS.parent) == f"{FIXTURES.resolve()}:exact"
-    assert resolve_reward_spec("json:dumps", REWARDS.parent) == "json:dumps"  # modules stay as they are
+    assert anchor_reward_spec("rewards/reward_fixtures.py:exact", REWARDS.parent) == f"{FIXTURES.resolve()}:exact"
+    assert anchor_reward_spec("json:dumps", REWARDS.parent) == "json:dumps"  # modules stay as they are
 
 
 def test_module_spec_loads(arithmetic, monkeypatch):

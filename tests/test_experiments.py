@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rayrl.config_loading import load_config
+from rayrl.config.loading import load_config
 from rayrl.driver import train
 from rayrl.tracking import read_metrics
 

@@ -9,122 +9,22 @@ in-process cluster of ``conftest.ray_cluster`` nor another Ray on the machine), 
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: ray and rayrl live beside python
+from ray_processes import BIN, REPO, clean_env, started_head
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any RAY_* setting (the session's cluster may have set some)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
-    return env
-
-
-def session_processes(sid: int) -> list[int]:
-    """Pids of every process in process session ``sid`` (the head and everything it started)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
-def wait_until_up(url: str, token: str, head: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            pytest.fail(f"ray start exited with {head.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the dashboard at {url} did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+def ray_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
 def head_node():
     """A one-node Ray cluster (2 CPUs, dashboard with the job server) on free ports; yields (dashboard URL, env)."""
-    if sys.platform != "linux":
-        pytest.skip("stopping only this cluster relies on Linux process sessions")
-    temp_dir = Path(tempfile.mkdtemp(prefix="rayrl-job-", dir="/tmp"))  # short: Unix socket paths are limited
-    token = secrets.token_hex(32)
-    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    dashboard_port = free_port()
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard_port,
-        "--ray-client-server-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
-    command = [
-        str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "true",
-        "--dashboard-host", "127.0.0.1", "--temp-dir", str(temp_dir), "--disable-usage-stats",
-    ]  # fmt: skip
-    for flag, port in ports.items():
-        command += [flag, str(port)]
-    log = temp_dir / "ray-start.log"
-    with open(log, "w") as out:
-        # A new process session: everything the head starts (GCS, raylet, dashboard, workers) stays in it.
-        head = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard_port}"
-    try:
-        wait_until_up(f"{address}/api/version", token, head, log)
+    with started_head(num_cpus=2) as (address, env, _):
         yield address, env
-    finally:
-        head.send_signal(signal.SIGTERM)  # `ray start --block` shuts its processes down on SIGTERM
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        deadline = time.monotonic() + 15
-        while session_processes(head.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in session_processes(head.pid):  # stragglers: only this cluster's, by session id
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not session_processes(head.pid), "processes of the test's Ray cluster outlived SIGKILL"
-
-
-def ray_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow

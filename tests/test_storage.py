@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from rayrl.cli import main
-from rayrl.storage import MARKER, archive, restore
+from rayrl.storage.archive import MARKER, archive, restore
 
 
 def make_run_folder(root: Path, steps=(1, 2, 3), latest: int | None = 3) -> Path:
@@ -118,9 +117,9 @@ def test_a_failed_local_upload_leaves_no_archive_and_deletes_nothing(tmp_path, c
     import rayrl.storage
 
     def broken(target, manifest):
-        raise rayrl.storage.StorageError(f"{target.uri}: after upload, 1 file(s) are missing")
+        raise rayrl.storage.archive.StorageError(f"{target.uri}: after upload, 1 file(s) are missing")
 
-    monkeypatch.setattr(rayrl.storage, "verify_listing", broken)
+    monkeypatch.setattr(rayrl.storage.archive, "verify_listing", broken)
     run = make_run_folder(tmp_path)
     assert main(["archive", str(run), str(tmp_path / "store"), "--keep-latest", "0"]) == 2
     assert "missing" in capsys.readouterr().err
@@ -174,27 +173,6 @@ def test_user_errors_exit_2_with_a_clear_message(tmp_path, capsys, argv, message
 
 
 # ---- s3:// against moto's S3 server on loopback ---------------------------------------------------
-@pytest.fixture
-def s3_server(monkeypatch):
-    """A moto S3 server on a free loopback port with bucket 'rayrl'; yields the endpoint query string."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra has it)")
-    boto3 = pytest.importorskip("boto3")
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="rayrl")
-        yield f"endpoint_override=127.0.0.1:{port}&scheme=http"
-    finally:
-        server.stop()
-
-
 def test_s3_round_trip_and_marker_refusal(tmp_path, capsys, s3_server):
     run = make_run_folder(tmp_path)
     before = archived(run)
@@ -224,7 +202,7 @@ def test_s3_round_trip_and_marker_refusal(tmp_path, capsys, s3_server):
 # ---- a real run: train, archive with --keep-latest, restore, resume ------------------------------
 @pytest.mark.slow
 def test_restored_real_run_resumes(ray_cluster, small_config, tmp_path, capsys):
-    from rayrl.checkpoint import CheckpointStore
+    from rayrl.storage.checkpoints import CheckpointStore
     from rayrl.driver import train
 
     tiny = {"warmstart": {"enabled": False}, "eval": {"interval": 0, "at_start": False}}

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
 from rayrl.driver import train
 from rayrl.errors import CheckpointError
+from rayrl.storage.checkpoints import CheckpointStore
+from rayrl.storage.location import open_location, read_bytes
 from rayrl.tracking import read_metrics
 
 TIMING_KEYS = ("step_time_s", "tokens_per_s", "time/")
@@ -39,20 +44,43 @@ def test_run_writes_metrics_log_line_fields_and_checkpoints(ray_cluster, small_c
     assert (tmp_path / "run" / "metrics.png").stat().st_size > 10_000
 
 
-def test_resumed_run_continues_bit_for_bit(ray_cluster, small_config, base_model_path, tmp_path):
-    straight = tmp_path / "straight"
-    train(small_config(straight, max_steps=4))
-    stopped = tmp_path / "stopped"
-    train(small_config(stopped, max_steps=2))
-    train(small_config(stopped, max_steps=4, ckpt={"resume_step": -1, "interval": 2, "keep": 0}))
-    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(stopped / "metrics.jsonl")
+@pytest.fixture(scope="module")
+def straight_run(ray_cluster, base_model_path, model_cache, tmp_path_factory):
+    """Four steps without a stop: what a stopped and resumed run must reproduce."""
+    from conftest import SMALL, merge
+
+    from rayrl.config import Config
+
+    out = tmp_path_factory.mktemp("straight")
+    train(Config.model_validate(merge(SMALL, {"output_dir": str(out), "model": {"cache_dir": str(model_cache)}})))
+    return read_metrics(out / "metrics.jsonl"), load_file(out / "checkpoints" / "step_4" / "model.safetensors")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_resumed_run_continues_bit_for_bit(ray_cluster, small_config, straight_run, tmp_path, request, where):
+    """Stop at step 2, resume with ckpt.resume_step = -1: the same metrics and weights as the straight run.
+    On S3 (moto) the whole run folder is a URI: the learner uploads the checkpoint files, the driver commits
+    them, metrics are uploaded with each checkpoint, and the resume downloads all of it again."""
+    if where == "s3":
+        output = f"s3://rayrl/runs/stopped-{uuid.uuid4().hex[:6]}?{request.getfixturevalue('s3_server')}"
+    else:
+        output = str(tmp_path / "stopped")
+    first = train(small_config(output, max_steps=2))
+    resumed = train(small_config(output, max_steps=4, ckpt={"resume_step": -1, "interval": 2, "keep": 0}))
+    assert resumed.output_uri == first.output_uri == (output if where == "s3" else str(tmp_path / "stopped"))
+    store = CheckpointStore(open_location(output).child("checkpoints").uri)
+    assert store.steps() == [2, 4] and store.latest_step() == 4
+    metrics_text = read_bytes(open_location(output).child("metrics.jsonl")).decode()
+    b = [json.loads(line) for line in metrics_text.splitlines()]
+    a, weights = straight_run
     assert [m["step"] for m in b] == [0, 1, 2, 3, 4]  # no duplicated or missing steps after the resume
     for ma, mb in zip(a, b):
         assert comparable(ma) == comparable(mb), ma["step"]
-    wa = load_file(straight / "checkpoints" / "step_4" / "model.safetensors")
-    wb = load_file(stopped / "checkpoints" / "step_4" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    assert all((wa[k] == wb[k]).all() for k in wa)
+    with tempfile.TemporaryDirectory() as local:
+        (Path(local) / "m.safetensors").write_bytes(read_bytes(store.location(4).child("model.safetensors")))
+        wb = load_file(Path(local) / "m.safetensors")
+    assert weights.keys() == wb.keys()
+    assert all((weights[k] == wb[k]).all() for k in weights)
 
 
 def test_fresh_run_refuses_a_folder_with_checkpoints(ray_cluster, small_config, base_model_path, tmp_path):

@@ -86,12 +86,26 @@ max_steps = 9
     ('[param_space]\noptim.lr = { grid = ["fast"] }',
      "sweep.toml, line 4: key 'optim.lr' expects a float, got 'fast' (str)"),
     ('[param_space]\n"model.name" = { grid = ["a", "b"] }', "'model.name' cannot be swept or overridden"),
-    ("[gate]\nalpah = 0.1", "unknown key 'gate.alpah'; did you mean 'alpha'?"),
+    ("[gate]\nalpah = 0.1", "unknown key 'gate.alpah'; did you mean 'gate.alpha'?"),
 ])
 def test_sweep_file_errors_name_the_file_line_and_key(tmp_path, body, message):
     with pytest.raises(ConfigError) as e:
         load_sweep(write_sweep(tmp_path, body))
     assert message in str(e.value).replace(str(tmp_path) + "/", "")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("max_stepz = 3", "unknown key 'max_stepz'; did you mean 'max_steps'?"),
+    ("optim.weight_decay = -1", "key 'optim.weight_decay': Input should be greater than or equal to 0, got -1"),
+    ("env.3.args = {}", "'env.3': no entry 3 in 'env', which has 1 entry (index 0 to 0)"),
+])
+def test_a_bad_override_names_its_line_in_the_sweep_file(tmp_path, extra, message):
+    """The base experiment's validation, located at the sweep file's line that set the key."""
+    path = write_sweep(tmp_path, "", SMALL_OVERRIDES + extra + "\n")
+    line = path.read_text().splitlines().index(extra) + 1
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path)
+    assert str(e.value).startswith(f"{path}, line {line}: {message}"), str(e.value)
 
 
 def test_a_sweep_without_evaluations_or_confirmation_examples_is_refused(tmp_path):
@@ -109,7 +123,7 @@ def test_cli_reports_a_bad_sweep_file_with_exit_status_2(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rayrl.cli", "tune", str(path)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "line 4: 'param_space.optim.lr': a swept key takes a table like { grid = [...] }" in out.stderr
+    assert "line 4: key 'param_space.optim.lr' expects a table like { grid = [...] }, got 0.0001" in out.stderr
     assert "Traceback" not in out.stderr
 
 

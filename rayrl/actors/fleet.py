@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 
 from rayrl.config import Config
+from rayrl.models.source import ModelSource
 
 log = logging.getLogger(__name__)
 
 
-def start_replicas(cfg: Config, model_path: str, version: int, namespace: str) -> list:
-    """``inference.replicas`` InferenceActors serving ``model_path`` as policy version ``version``."""
+def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str) -> list:
+    """``inference.replicas`` InferenceActors serving ``model`` as policy version ``version``."""
     import ray
 
     from rayrl.actors.inference import InferenceActor
@@ -25,13 +26,13 @@ def start_replicas(cfg: Config, model_path: str, version: int, namespace: str) -
     return [
         replica_cls.options(
             name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
-        ).remote(model_path, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, version)
+        ).remote(model, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, version)
         for i in range(ic.replicas)
     ]
 
 
-def start_rollout_workers(cfg: Config, model_path: str, replicas: list, namespace: str) -> list:
-    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model_path``)."""
+def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list, namespace: str) -> list:
+    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model``)."""
     import ray
 
     from rayrl.actors.rollout import RolloutWorker
@@ -40,7 +41,7 @@ def start_rollout_workers(cfg: Config, model_path: str, replicas: list, namespac
     worker_cls = ray.remote(RolloutWorker)
     return [
         worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker).remote(
-            cfg.env, model_path, replicas, i, cfg.seq_len
+            cfg.env, model, replicas, i, cfg.seq_len
         )
         for i in range(rc.workers)
     ]

@@ -10,6 +10,7 @@ import torch
 from rayrl.engines import make_engine
 from rayrl.engines.base import Completion, SamplingParams
 from rayrl.engines.weights import WeightBundle
+from rayrl.models.source import ModelSource, local_model_dir
 
 
 @dataclass
@@ -22,10 +23,11 @@ class GenerationResult:
 class InferenceActor:
     """Serves ``generate`` calls one at a time; weights change only between calls."""
 
-    def __init__(self, model_path: str, engine: str, dtype: str, threads: int, max_batch_size: int, version: int = 0):
+    def __init__(self, model: ModelSource | str, engine: str, dtype: str, threads: int, max_batch_size: int,
+                 version: int = 0):  # fmt: skip
         torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = make_engine(engine, model_path, dtype, device, max_batch_size)
+        self.engine = make_engine(engine, local_model_dir(model), dtype, device, max_batch_size)
         self.version = version
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:

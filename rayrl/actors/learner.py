@@ -26,8 +26,8 @@ from rayrl.algorithms.grpo import (
 )
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
-
-OPTIMIZER_FILE, SCHEDULER_FILE, MODEL_FILE = "optimizer.pt", "scheduler.pt", "model.safetensors"
+from rayrl.models.source import ModelSource, local_model_dir
+from rayrl.storage.checkpoints import MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE
 
 
 def free_port() -> int:
@@ -50,13 +50,16 @@ class Learner:
 
         return ray.util.get_node_ip_address(), free_port()
 
-    def setup(self, master: tuple[str, int] | None, model_path: str, resume_dir: str | None = None) -> None:
-        """Load the model (sharded with FSDP2 across ranks when distributed), build optimizer and scheduler."""
+    def setup(self, master: tuple[str, int] | None, model: ModelSource | str,
+              resume: ModelSource | str | None = None) -> None:  # fmt: skip
+        """Load the model (sharded with FSDP2 across ranks when distributed), build optimizer and scheduler;
+        from checkpoint ``resume`` (weights, optimizer, scheduler) when given."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        source = resume_dir or model_path
+        resume_dir = local_model_dir(resume) if resume is not None else None
+        source = resume_dir or local_model_dir(model)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.cfg.model.dtype))
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -152,27 +155,34 @@ class Learner:
         return None if bundle is None else ray.put(bundle)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def save(self, directory: str) -> None:
-        """Write model (HF directory), optimizer and scheduler into ``directory`` (rank 0 writes)."""
+    def save(self, target: str) -> dict[str, dict] | None:
+        """Write model (a Hugging Face folder), optimizer and scheduler into ``target``, a folder or a storage
+        URI (written locally first, then uploaded). Collective; rank 0 writes and returns each file's size and
+        sha256, which the driver records when it commits the checkpoint."""
+        import tempfile
+
         from safetensors.torch import save_file
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        from rayrl.storage.location import file_entries, open_location, upload_files
 
         model_sd = self.full_state_dict()
         optim_sd = get_optimizer_state_dict(
             self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         if self.rank != 0:
-            return
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model_sd.items()}, out / MODEL_FILE, metadata={"format": "pt"})
-        self.model.config.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        torch.save(optim_sd, out / OPTIMIZER_FILE)
-        torch.save(self.scheduler.state_dict(), out / SCHEDULER_FILE)
+            return None
+        location = open_location(target)
+        with tempfile.TemporaryDirectory(prefix="rayrl-ckpt-") as scratch:
+            out = Path(location.path) if location.is_local else Path(scratch)
+            out.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in model_sd.items()}, out / MODEL_FILE, metadata={"format": "pt"})
+            self.model.config.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+            torch.save(optim_sd, out / OPTIMIZER_FILE)
+            torch.save(self.scheduler.state_dict(), out / SCHEDULER_FILE)
+            names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+            return file_entries(out, names) if location.is_local else upload_files(out, names, location)
 
     def _load_training_state(self, directory: Path) -> None:
         from torch.distributed.checkpoint.state_dict import (
@@ -203,17 +213,17 @@ class LearnerGroup:
     a nested group would reserve the same resources twice, outside the trial's reservation.
     """
 
-    def __init__(self, cfg: Config, model_path: str, namespace: str, resume_dir: str | None = None):
+    def __init__(self, cfg: Config, model: ModelSource | str, namespace: str, resume: ModelSource | str | None = None):
         self.local: Learner | None = None
         self.actors: list = []
         self.placement_group, self.owns_placement_group = None, False
         if cfg.learner.workers == 0:
             self.local = Learner(cfg, rank=0, world_size=1)
-            self.local.setup(None, model_path, resume_dir)
+            self.local.setup(None, model, resume)
         else:
             self._start_actors(cfg, namespace)
             master = self._call("address")[0] if len(self.actors) > 1 else None
-            self._call("setup", master, model_path, resume_dir)
+            self._call("setup", master, model, resume)
 
     def _start_actors(self, cfg: Config, namespace: str) -> None:
         import ray
@@ -289,8 +299,9 @@ class LearnerGroup:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return self._call("full_state_dict")[0]
 
-    def save(self, directory: str) -> None:
-        self._call("save", directory)
+    def save(self, target: str) -> dict[str, dict]:
+        """Write a checkpoint's files into ``target`` (folder or URI); their sizes and sha256 sums."""
+        return self._call("save", target)[0]
 
     def shutdown(self) -> None:
         if self.local is not None:

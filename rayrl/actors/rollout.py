@@ -17,6 +17,7 @@ from rayrl.envs.base import (
 )
 from rayrl.envs.episodes import CALL_SEED_STRIDE, play_turns
 from rayrl.envs.registry import build_env
+from rayrl.models.source import ModelSource, local_model_dir
 
 
 @dataclass
@@ -66,11 +67,12 @@ class ReplicaGenerator(Generator):
 class RolloutWorker:
     """Builds prompts, plays every task's episodes through the replicas, returns scored rollouts."""
 
-    def __init__(self, env_cfgs: list[EnvConfig], model_path: str, replicas: list, worker_index: int, seq_len: int):
+    def __init__(self, env_cfgs: list[EnvConfig], model: ModelSource | str, replicas: list, worker_index: int,
+                 seq_len: int):  # fmt: skip
         from transformers import AutoTokenizer
 
         self.envs = [build_env(e) for e in env_cfgs]
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model))
         self.replicas = replicas
         self.worker_index = worker_index
         self.env_ids = [e.id for e in env_cfgs]

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayrl.errors import CommandError, StorageError
-    from rayrl.storage import archive
+    from rayrl.storage.archive import archive
 
     try:
         result = archive(args.run_dir, args.uri, force=args.force, keep_latest=args.keep_latest, progress=args.progress)

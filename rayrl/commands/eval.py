@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from rayrl.checkpoint import CheckpointStore
+    from rayrl.storage.checkpoints import CheckpointStore
     from rayrl.errors import CommandError
     from rayrl.evaluation.report import FORMAT_VERSION, consolidate
 
@@ -134,7 +134,7 @@ class EvalJob:
     def evaluate_step(self, step: int, progress: str) -> str | None:
         """"evaluated", "reused" (done before with the same settings on the same checkpoint), or None
         when the checkpoint vanished (rotated away by the training) before or while it was evaluated."""
-        from rayrl.checkpoint import INFO_FILE
+        from rayrl.storage.checkpoints import INFO_FILE
         from rayrl.evaluation.report import read_step_summary, write_step
 
         ckpt = self.store.path(step)

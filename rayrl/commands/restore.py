@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rayrl.errors import CommandError, StorageError
-    from rayrl.storage import restore
+    from rayrl.storage.archive import restore
 
     try:
         result = restore(args.uri, args.run_dir, force=args.force, progress=args.progress)

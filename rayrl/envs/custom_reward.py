@@ -23,7 +23,6 @@ import importlib
 import importlib.util
 import inspect
 import logging
-import os
 import queue
 import sys
 import threading
@@ -40,6 +39,7 @@ from rayrl.envs.base import (
     drives_generation,
     split_score,
 )
+from rayrl.config.loading import find_reward_file, is_reward_file, reward_file_candidates
 from rayrl.errors import RewardFunctionError
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,12 @@ def load_reward_function(spec: str, base_dir: Path | None = None) -> RewardFn:
         raise RewardFunctionError(
             f"reward {spec!r}: expected 'path/to/file.py:function' or 'package.module:function' (with a ':')"
         )
-    if is_file(target):
-        module = _import_file(spec, resolve_reward_file(spec, target, base_dir))
+    if is_reward_file(target):
+        path = find_reward_file(target, base_dir)
+        if path is None:
+            tried = ", ".join(str(p) for p in reward_file_candidates(target, base_dir))
+            raise RewardFunctionError(f"reward {spec!r}: file not found; tried {tried}")
+        module = _import_file(spec, path)
     else:
         module = _import(spec, target)
     if not hasattr(module, name):
@@ -73,31 +77,6 @@ def load_reward_function(spec: str, base_dir: Path | None = None) -> RewardFn:
             f"reward {spec!r}: {target} has no attribute '{name}'; its functions: {', '.join(defined) or '(none)'}"
         )
     return as_reward_call(getattr(module, name), spec)
-
-
-def is_file(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def resolve_reward_file(spec: str, target: str, base_dir: Path | None) -> Path:
-    """The file ``target`` names: absolute, else under ``base_dir``, else under the working directory."""
-    path = Path(target).expanduser()
-    if path.is_absolute():
-        tried = [path]
-    else:
-        tried = ([Path(base_dir) / path] if base_dir is not None else []) + [Path.cwd() / path]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise RewardFunctionError(f"reward {spec!r}: file not found; tried {', '.join(str(p) for p in tried)}")
-
-
-def resolve_reward_spec(spec: str, base_dir: Path | None) -> str:
-    """``spec`` with its file made absolute (for config loading: workers may run elsewhere)."""
-    target, sep, name = spec.rpartition(":")
-    if not sep or not is_file(target):
-        return spec
-    return f"{resolve_reward_file(spec, target, base_dir)}:{name}"
 
 
 def _import_file(spec: str, path: Path) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rayrl.checkpoint import current_umask, write_text_atomic
+from rayrl.storage.files import current_umask, write_text_atomic
 from rayrl.evaluation.runner import EvalResult
 from rayrl.evaluation.stats import (
     JEFFREYS_LEVEL,

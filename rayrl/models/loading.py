@@ -51,8 +51,9 @@ def base_model_key(cfg: Config) -> str:
 def resolve_base_model(cfg: Config) -> tuple[str, dict]:
     """Local directory of the starting model and a description of how it was made.
 
-    Building and warm-starting run as a Ray task (the driver holds no weights); the result is
-    written under a temporary name and renamed, so an interrupted build is never reused.
+    Building and warm-starting run as a Ray task (the driver holds no weights), on whatever node has
+    room; the task hands the finished folder back through the object store and the driver writes it
+    into its cache under a temporary name and renames it, so an interrupted build is never reused.
     """
     if not needs_build(cfg):
         return cfg.model.name, {"source": cfg.model.name}
@@ -63,26 +64,42 @@ def resolve_base_model(cfg: Config) -> tuple[str, dict]:
     import ray
 
     task = ray.remote(num_cpus=cfg.learner.cpus_per_worker)(build_base_model)
-    info = ray.get(task.remote(cfg, str(target)))
-    return str(target), {**info, "cached": False}
+    files = ray.get(task.remote(cfg))
+    install(files, target)
+    return str(target), {**json.loads((target / MARKER).read_text()), "cached": False}
 
 
-def build_base_model(cfg: Config, target: str) -> dict:
-    """Build (or load) the model, warm-start it if enabled, and save it at ``target`` atomically."""
+def install(files: dict[str, bytes], target: Path) -> None:
+    """Write a built model's files at ``target`` atomically (another run may have built it meanwhile)."""
+    from rayrl.models.source import write_files
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write_files(files, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another run built the same model meanwhile: theirs is as good as ours
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_base_model(cfg: Config) -> dict[str, bytes]:
+    """Build (or load) the model, warm-start it if enabled; return the model folder's files."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from rayrl.envs import make_env
+    from rayrl.envs.registry import build_env
+    from rayrl.models.source import read_files
     from rayrl.models.tiny import build_tiny_model
     from rayrl.models.warmstart import warm_start
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(cfg.learner.threads)
-    target_path = Path(target)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_path.name}-", dir=target_path.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix="rayrl-base-") as scratch:
+        staging = Path(scratch)
         source = cfg.model.name
         if source.startswith(BUILTIN_PREFIX):
             builtin = source.removeprefix(BUILTIN_PREFIX)
@@ -93,8 +110,8 @@ def build_base_model(cfg: Config, target: str) -> dict:
         if cfg.warmstart.enabled:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, cfg.model.dtype))
             tokenizer = AutoTokenizer.from_pretrained(source)
-            env = make_env(cfg.env[0].id, cfg.env[0].args)
-            report = warm_start(model, tokenizer, env, cfg.warmstart, cfg.sampling.max_tokens)
+            env = build_env(cfg.env[0])
+            report = warm_start(model, tokenizer, env, cfg.warmstart, cfg.sampling.max_tokens, cfg.seq_len)
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             info["warmstart"] = {
@@ -102,11 +119,4 @@ def build_base_model(cfg: Config, target: str) -> dict:
                 "reached_target": report.reached_target, "history": report.history,
             }
         (staging / MARKER).write_text(json.dumps(info, indent=2))
-        try:
-            staging.rename(target_path)
-        except OSError:  # another run built the same model meanwhile: theirs is as good as ours
-            shutil.rmtree(staging, ignore_errors=True)
-        return info
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        return read_files(staging)

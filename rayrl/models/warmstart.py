@@ -1,10 +1,15 @@
 """Supervised warm-start: teach the task format before RL, stopping while RL still has work to do.
 
 RL from random weights never samples a correct answer on the default task, so the seeds' recipe
-(SFT, then RL) is followed: a short supervised pass on train-split answers, checked every few steps
-by greedy accuracy on validation examples taken from the train split (never the held-out eval
-split), stopping at the first check within [target_accuracy, max_accuracy]. A check that overshoots
-rolls back to the previous check's weights and continues at half the learning rate.
+(SFT, then RL) is followed: a short supervised pass on the first ``[[env]]``'s train-split reference
+answers, checked every few steps by the greedy validation score (the mean reward of greedy completions:
+the accuracy for 0/1 rewards) on examples taken from the train split (never the held-out eval split),
+stopping at the first check within [target_accuracy, max_accuracy]. A check that overshoots rolls back
+to the previous check's weights and continues at half the learning rate.
+
+Any single-turn environment whose examples carry a reference answer can be warm-started: the built-in
+tasks, and verifiers environments (their ``answer`` column; the episode is played through the
+environment's own loop on the model in process). Others are refused before any actor starts.
 """
 
 from __future__ import annotations
@@ -19,26 +24,46 @@ import torch
 from rayrl.config import WarmstartConfig
 from rayrl.engines.base import SamplingParams
 from rayrl.engines.transformers_engine import TransformersEngine
-from rayrl.envs import Environment, Example
-from rayrl.envs.base import split_score
+from rayrl.envs.base import Environment, EpisodeRequest, Example, drives_generation
+from rayrl.envs.episodes import EngineGenerator, play_turns
+from rayrl.errors import WarmstartError
 
 log = logging.getLogger(__name__)
+CHECKED_EXAMPLES = 20  # train examples looked at for a reference answer before any actor starts
 
 
 @dataclass
 class WarmstartReport:
     steps: int = 0
-    accuracy: float = 0.0
+    accuracy: float = 0.0  # greedy validation score: mean reward (the accuracy for 0/1 rewards)
     reached_target: bool = False
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def greedy_accuracy(engine: TransformersEngine, tokenizer, env: Environment, examples: list[Example], max_tokens: int) -> float:
-    """Share of ``examples`` whose greedy completion scores > 0."""
-    prompts = [tokenizer(e.prompt).input_ids for e in examples]
-    completions = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    return float(np.mean([split_score(env.score(e, t))[0] > 0 for e, t in zip(examples, texts)]))
+def check_warm_start(env: Environment, env_id: str) -> None:
+    """Raise WarmstartError unless ``env`` is single-turn and its train examples carry reference answers."""
+    fix = ("set warmstart.enabled = false (in [warmstart] or --warmstart.enabled false), or list a single-turn "
+           "environment with reference answers first in [[env]]")  # fmt: skip
+    if env.max_turns > 1 or type(env).start is not Environment.start:
+        raise WarmstartError(
+            f"[[env]] entry 1 (id '{env_id}') is a multi-turn environment: the supervised warm-start trains on "
+            f"single-turn reference answers; {fix}"
+        )
+    examples = env.examples("train")[:CHECKED_EXAMPLES]
+    if not examples or not all(env.sft_completion(e) for e in examples):
+        raise WarmstartError(
+            f"[[env]] entry 1 (id '{env_id}'): its train examples carry no reference answer to warm-start on "
+            f"(Example.answer is empty); {fix}"
+        )
+
+
+def greedy_score(engine: TransformersEngine, tokenizer, env: Environment, examples: list[Example], max_tokens: int,
+                 seq_len: int) -> float:  # fmt: skip
+    """Mean reward of greedy completions of ``examples``, played as the rollout workers play them."""
+    generator = EngineGenerator(engine, tokenizer, seq_len, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+    requests = [EpisodeRequest(env, e, tokenizer(e.prompt).input_ids) for e in examples]
+    played = env.play(requests, generator) if drives_generation(env) else play_turns(requests, generator)
+    return float(np.mean([episode.reward for episode in played]))
 
 
 def supervised_batch(tokenizer, env: Environment, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -58,9 +83,15 @@ def supervised_batch(tokenizer, env: Environment, examples: list[Example]) -> di
     return {"input_ids": input_ids, "labels": labels}
 
 
-def warm_start(model, tokenizer, env: Environment, cfg: WarmstartConfig, max_tokens: int) -> WarmstartReport:
-    """Train ``model`` in place on ``env``'s train answers until greedy validation accuracy is in range."""
+def warm_start(model, tokenizer, env: Environment, cfg: WarmstartConfig, max_tokens: int,
+               seq_len: int) -> WarmstartReport:  # fmt: skip
+    """Train ``model`` in place on ``env``'s train answers until the greedy validation score is in range."""
     train = env.examples("train")
+    if len(train) <= cfg.check_examples:
+        raise WarmstartError(
+            f"warm-start on '{env.id}': its train split has {len(train)} examples, not more than "
+            f"warmstart.check_examples ({cfg.check_examples}) held out for validation; lower that key"
+        )
     validation, pool = train[-cfg.check_examples :], train[: -cfg.check_examples]
     rng = np.random.default_rng(cfg.seed)
     lr = cfg.lr
@@ -78,17 +109,18 @@ def warm_start(model, tokenizer, env: Environment, cfg: WarmstartConfig, max_tok
         report.steps = step
         if step % cfg.check_interval:
             continue
-        accuracy = greedy_accuracy(engine, tokenizer, env, validation, max_tokens)
-        report.history.append((step, accuracy))
-        log.info("warm-start step %d: loss %.3f, greedy validation accuracy %.3f", step, loss.item(), accuracy)
-        if accuracy > cfg.max_accuracy:  # overshot: back to the last check, smaller steps
+        model.eval()
+        score = greedy_score(engine, tokenizer, env, validation, max_tokens, seq_len)
+        report.history.append((step, score))
+        log.info("warm-start step %d: loss %.3f, greedy validation score %.3f", step, loss.item(), score)
+        if score > cfg.max_accuracy:  # overshot: back to the last check, smaller steps
             model.load_state_dict(snapshot)
             lr /= 2
             for group in optimizer.param_groups:
                 group["lr"] = lr
             continue
-        report.accuracy = accuracy
-        if accuracy >= cfg.target_accuracy:
+        report.accuracy = score
+        if score >= cfg.target_accuracy:
             report.reached_target = True
             break
         snapshot = copy.deepcopy(model.state_dict())

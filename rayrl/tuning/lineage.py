@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rayrl.checkpoint import write_text_atomic
+from rayrl.storage.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

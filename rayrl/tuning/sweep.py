@@ -28,28 +28,21 @@ Pure configuration: nothing here imports Ray (``rayrl tune --help`` and the load
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from rayrl.config import Config, Section
-from rayrl.config_loading import (
-    HINT,
-    _join,
-    _key_lines,
-    _read_toml,
-    _short,
-    load_config,
-)
+from rayrl.config.located import TomlFile, join, locate, read_toml, validate
+from rayrl.config.loading import anchor_reward_spec, load_config
 from rayrl.errors import ConfigError
 from rayrl.evaluation.gate import GateConfig
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform")
-SWEEP_HINT = "See README.md (Sweeps with Ray Tune) and experiments/sweeps/promotion_demo.toml"
+SWEEP_HINT = "See docs/tuning.md and experiments/sweeps/promotion_demo.toml"
 VARIANT_KEY = "variant"  # the swept key naming a [[variants]] entry
 # Set by the sweep for every trial (the champion, the trial's own folder): never swept or overridden.
 RESERVED_KEYS = ("model.name", "output_dir", "ckpt.resume_step")
@@ -62,6 +55,8 @@ RUN_ONLY_KEYS = ("name", "output_dir", "model.name", "model.cache_dir", "warmsta
 
 class ParamSpec(Section):
     """One swept key: exactly one of grid, choice, uniform, loguniform."""
+
+    TOML_EXAMPLE: ClassVar[str] = "{ grid = [...] }"  # how a swept key is written, for error messages
 
     grid: list[Any] | None = Field(None, min_length=1, description="Every value, one trial each (Tune grid_search).")
     choice: list[Any] | None = Field(None, min_length=1, description="One value drawn per sample.")
@@ -147,6 +142,7 @@ class SweepConfig(Section):
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    _toml: TomlFile = PrivateAttr(default_factory=lambda: TomlFile(None))  # the file, for locating errors
 
     @model_validator(mode="after")
     def _variants_named(self) -> SweepConfig:
@@ -174,8 +170,24 @@ class SweepConfig(Section):
 
     def config(self, params: dict[str, Any] | None = None) -> Config:
         """Base experiment + the trial's overrides (no trial settings); with ``params`` None, the config of
-        record: the gate evaluates champion and candidates with it, on the same examples and rewards."""
-        return load_config(self.base, self.overrides_of(params))
+        record: the gate evaluates champion and candidates with it, on the same examples and rewards.
+        An error caused by a sweep key names that key's line in the sweep file."""
+        return load_config(self.base, self.overrides_of(params), origins=self.origins_of(params))
+
+    def origins_of(self, params: dict[str, Any] | None = None) -> dict[str, str]:
+        """Where each of a trial's dotted overrides is set in the sweep file (for error messages)."""
+        params = dict(params or {})
+        out = {key: self.where("overrides", key) for key in self.overrides}
+        name = params.pop(VARIANT_KEY, None) if self.variants else None
+        if name is not None:
+            index = next(i for i, v in enumerate(self.variants) if v["name"] == name)
+            out.update({key: self.where("variants", str(index), key) for key in self.variant(name) if key != "name"})
+        out.update({key: self.where("param_space", key) for key in params})
+        return out
+
+    def where(self, *path: str) -> str:
+        """``sweep.toml, line N`` of a key path (dotted keys allowed); the file when not found."""
+        return locate(tuple(p for part in path for p in part.split(".")), self._toml) if self._toml.source else "sweep"
 
     def trial_config(self, params: dict[str, Any], champion: str, output_dir: str | os.PathLike) -> Config:
         """The config of one trial: a fresh run of ``config(params)`` starting from ``champion``'s weights.
@@ -259,10 +271,9 @@ def load_sweep(path: str | os.PathLike, **settings: Any) -> SweepConfig:
     errors name the sweep file, line and key.
     """
     path = Path(path)
-    raw, text = _read_toml(path)
-    raw = dict(raw)
+    toml = read_toml(path, what="sweep file", hint=SWEEP_HINT)
+    raw = dict(toml.data)
     raw.update({k: v for k, v in settings.items() if v is not None})
-    lines = _key_lines(text)
     here = path.resolve().parent
     if isinstance(raw.get("overrides"), dict):
         raw["overrides"] = _flatten(raw["overrides"], is_leaf=lambda v: not isinstance(v, dict))
@@ -271,11 +282,8 @@ def load_sweep(path: str | os.PathLike, **settings: Any) -> SweepConfig:
     if isinstance(raw.get("variants"), list):
         raw["variants"] = [_flatten(v, is_leaf=lambda x: not isinstance(x, dict)) if isinstance(v, dict) else v
                            for v in raw["variants"]]
-    try:
-        sweep = SweepConfig.model_validate(raw)
-    except ValidationError as e:
-        problems = _join([_describe(err, str(path), lines) for err in e.errors(include_url=False)])
-        raise ConfigError(problems.replace(HINT, SWEEP_HINT)) from None
+    sweep = validate(SweepConfig, raw, toml, hint=SWEEP_HINT)
+    sweep._toml = toml
     if sweep.base is not None:
         sweep.base = str((here / sweep.base).resolve())
     for key in ("champion", "output_dir"):
@@ -287,46 +295,38 @@ def load_sweep(path: str | os.PathLike, **settings: Any) -> SweepConfig:
     elif "://" not in sweep.storage_path:  # Tune needs an absolute path or a URI
         sweep.storage_path = str(Path(sweep.storage_path).expanduser().resolve())
     _anchor_reward_files(sweep, here)
-    check_trial_configs(sweep, str(path), lines)
+    check_trial_configs(sweep)
     return sweep
 
 
-def check_trial_configs(sweep: SweepConfig, source: str, lines: dict) -> None:
+def check_trial_configs(sweep: SweepConfig) -> None:
     """Build the trial config of every grid/choice value and every range bound, one key at a time.
 
     The base experiment's own errors come out as they would from ``rayrl train``; an error caused by
-    a sweep key names that key's line in the sweep file.
+    a sweep key names that key's line in the sweep file (through the overrides' origins).
     """
-    variant_keys = [k for v in sweep.variants for k in v if k != "name"]
-    for key in list(sweep.overrides) + list(sweep.param_space) + variant_keys:
-        section = "overrides" if key in sweep.overrides else "param_space" if key in sweep.param_space else "variants"
-        where = _line(lines, source, (section, *key.split(".")))
+    source = sweep._toml.source or "sweep"
+    keys = [("overrides", k) for k in sweep.overrides] + [("param_space", k) for k in sweep.param_space]
+    keys += [("variants", str(i), k) for i, v in enumerate(sweep.variants) for k in v if k != "name"]
+    for *section, key in keys:
+        where = sweep.where(*section, key)
         if _under(key, RESERVED_KEYS):
-            raise ConfigError(_join([f"{where}: '{key}' cannot be swept or overridden: the sweep sets it for every "
-                                     "trial (model.name = the champion, output_dir = the trial's folder)"]))
-        if section != "overrides" and _under(key, FIXED_ONLY_KEYS):
-            raise ConfigError(_join([f"{where}: '{key}' cannot vary between trials: they all run on the sweep's "
-                                     "cluster; set it in [overrides]"]))
-    try:
-        cfg = sweep.config()
-    except ConfigError as e:
-        raise _relocated(e, sweep, source, lines) from None
+            raise ConfigError(join([f"{where}: '{key}' cannot be swept or overridden: the sweep sets it for every "
+                                    "trial (model.name = the champion, output_dir = the trial's folder)"]))
+        if section[0] != "overrides" and _under(key, FIXED_ONLY_KEYS):
+            raise ConfigError(join([f"{where}: '{key}' cannot vary between trials: they all run on the sweep's "
+                                    "cluster; set it in [overrides]"]))
+    cfg = sweep.config()
     if cfg.eval.interval == 0:
-        raise ConfigError(_join([f"{source}: eval.interval is 0 (no evaluations): a trial reports to Tune at each "
-                                 "evaluation; set it in [overrides], e.g. \"eval.interval\" = 10"]))
+        raise ConfigError(join([f"{source}: eval.interval is 0 (no evaluations): a trial reports to Tune at each "
+                                "evaluation; set it in [overrides], e.g. \"eval.interval\" = 10"]))
     _check_confirmation_split(cfg, source)
     first = {key: spec.corners()[0] for key, spec in sweep.param_space.items()}
     for v in sweep.variants:
-        try:
-            sweep.config({**first, VARIANT_KEY: v["name"]})
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("command line", f"{source} ([[variants]] '{v['name']}')", 1)) from None
+        sweep.config({**first, VARIANT_KEY: v["name"]})
     for key, spec in sweep.param_space.items():
         for value in spec.corners():
-            try:
-                sweep.config({**first, key: value})
-            except ConfigError as e:
-                raise _relocated(e, sweep, source, lines) from None
+            sweep.config({**first, key: value})
 
 
 def _check_confirmation_split(cfg: Config, source: str) -> None:
@@ -338,17 +338,7 @@ def _check_confirmation_split(cfg: Config, source: str) -> None:
     try:
         split_examples(cfg, [env.examples("eval") for env in build_envs(cfg)], "confirm")
     except EvalSplitError as e:
-        raise ConfigError(_join([f"{source}: the promotion gate's confirmation split: {e}"])) from None
-
-
-def _relocated(error: ConfigError, sweep: SweepConfig, source: str, lines: dict) -> ConfigError:
-    """A base-config error caused by a sweep key, pointed at that key's line in the sweep file."""
-    message = str(error)
-    for key in re.findall(r"key '([^']+)'", message) + re.findall(r"'([^']+)': no entry", message):
-        section = "param_space" if key in sweep.param_space else "overrides" if key in sweep.overrides else None
-        if section:
-            return ConfigError(message.replace("command line", _line(lines, source, (section, *key.split("."))), 1))
-    return ConfigError(message.replace("command line", f"{source} ([overrides]/[param_space])", 1))
+        raise ConfigError(join([f"{source}: the promotion gate's confirmation split: {e}"])) from None
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -356,18 +346,16 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def _anchor_reward_files(sweep: SweepConfig, here: Path) -> None:
-    from rayrl.envs.custom_reward import resolve_reward_spec
-
     for table in [sweep.overrides, *sweep.variants]:
         for key, value in table.items():
             if re.fullmatch(r"env\.\d+\.reward", key) and isinstance(value, str):
-                table[key] = resolve_reward_spec(value, here)
+                table[key] = anchor_reward_spec(value, here)
     for key, spec in sweep.param_space.items():
         if re.fullmatch(r"env\.\d+\.reward", key):
             for kind in ("grid", "choice"):
                 values = getattr(spec, kind)
                 if values is not None:
-                    setattr(spec, kind, [resolve_reward_spec(v, here) if isinstance(v, str) else v for v in values])
+                    setattr(spec, kind, [anchor_reward_spec(v, here) if isinstance(v, str) else v for v in values])
 
 
 def _is_spec(value: Any) -> bool:
@@ -384,40 +372,3 @@ def _flatten(table: dict, is_leaf, prefix: str = "") -> dict[str, Any]:
         else:
             out.update(_flatten(value, is_leaf, dotted + "."))
     return out
-
-
-def _line(lines: dict, source: str, path: tuple[str, ...]) -> str:
-    for end in range(len(path), 0, -1):
-        if path[:end] in lines:
-            return f"{source}, line {lines[path[:end]]}"
-    return source
-
-
-def _describe(err: dict, source: str, lines: dict) -> str:
-    """One line for one pydantic error of the sweep model: file, line, key, what was expected."""
-    loc = tuple(str(p) for p in err["loc"])
-    path = (loc[0], *loc[1].split("."), *loc[2:]) if loc[:1] in (("param_space",), ("overrides",)) else loc
-    key, msg = ".".join(loc), err["msg"].removeprefix("Value error, ")
-    where = _line(lines, source, path)
-    if not loc:
-        return f"{where}: {msg}"
-    if err["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        fields = list(parent.model_fields) if parent else []
-        match = difflib.get_close_matches(loc[-1], fields, n=1)
-        hint = f"; did you mean '{match[0]}'?" if match else (f"; valid keys: {', '.join(fields)}" if fields else "")
-        return f"{where}: unknown key {key!r}{hint}"
-    if err["type"] == "model_type" and loc[0] == "param_space":
-        return f"{where}: {key!r}: a swept key takes a table like {{ grid = [...] }}, got {_short(err['input'])}"
-    return f"{where}: key {key!r}: {msg}, got {_short(err['input'])}"
-
-
-def _model_at(loc: tuple[str, ...]) -> type[Section] | None:
-    """The section model at ``loc`` of the sweep file (for suggesting a key), or None."""
-    if not loc:
-        return SweepConfig
-    if loc[0] == "param_space":
-        return ParamSpec if len(loc) == 2 else None
-    field = SweepConfig.model_fields.get(loc[0])
-    ann = field.annotation if field else None
-    return ann if len(loc) == 1 and isinstance(ann, type) and issubclass(ann, Section) else None

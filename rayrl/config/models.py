@@ -1,7 +1,7 @@
 """Typed configuration: the single source of every default.
 
 One tree of pydantic models. TOML experiment files load into it (see
-``rayrl.config_loading``); ``--section.key value`` on the command line overrides any
+``rayrl.config.loading``); ``--section.key value`` on the command line overrides any
 field. Names follow prime-rl where its users already have one (``max_steps``,
 ``batch_size``, ``rollouts_per_example``, ``seq_len``, ``[model] name``, ``[optim] lr``,
 ``[sampling] max_tokens``, ``[[env]] id/args``, ``[ckpt] interval/keep/resume_step``,
@@ -168,6 +168,11 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
+    dir: str | None = Field(
+        None, description="Where checkpoints go: a folder, or a storage URI (s3://bucket/prefix, gs://..., "
+        "file://...) written through pyarrow.fs; default <output_dir>/checkpoints. On a multi-node cluster it "
+        "must be a URI or a folder every node mounts.",
+    )
     interval: int = Field(50, ge=0, description="Save every this many steps (0 = only at the end).")
     keep: int = Field(3, ge=0, description="Keep the newest N checkpoints (0 = keep all).")
     resume_step: int | None = Field(None, ge=-1, description="-1 = resume from latest, N = from step N, None = fresh.")
@@ -199,7 +204,10 @@ class Config(Section):
     batch_size: int = Field(256, ge=1, description="Samples (completions) per step.")
     rollouts_per_example: int = Field(8, ge=1, description="Completions per prompt: the GRPO group size.")
     seq_len: int = Field(64, ge=2, description="Longest prompt plus completion, in tokens.")
-    output_dir: str | None = Field(None, description="Run folder (default runs/<name>-<timestamp>).")
+    output_dir: str | None = Field(
+        None, description="Run folder: a local path or a storage URI (s3://, gs://; metrics are written locally "
+        "and uploaded at each checkpoint). Default runs/<name>-<timestamp>.",
+    )
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     warmstart: WarmstartConfig = Field(default_factory=WarmstartConfig)

@@ -12,91 +12,24 @@ last is what makes an archive complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from rayrl.checkpoint import LATEST_FILE, CheckpointStore
 from rayrl.errors import StorageError
+from rayrl.storage.checkpoints import CheckpointStore
+from rayrl.storage.location import (
+    Location, download_files, exists, listing, open_location, progress_bar, storage_error, upload_files,
+)
 
 MARKER = "_COMPLETE"
 FORMAT = "rayrl-archive/1"
-SCHEMES = ("file", "s3", "gs", "gcs")
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "lineage.jsonl")  # any one makes a folder a run folder
-CHUNK = 8 << 20
-GCS_RETRY_LIMIT_S = 60  # unless the URI sets ?retry_limit_seconds=
-CREDENTIALS = {
-    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary credentials), "
-    "or AWS_PROFILE; the region from AWS_DEFAULT_REGION or ?region=...; an S3-compatible server needs "
-    "?endpoint_override=HOST:PORT (and &scheme=http without TLS)",
-    "gs": "GOOGLE_APPLICATION_CREDENTIALS (a service-account key file) or `gcloud auth application-default login`",
-}
-CREDENTIAL_HINTS = ("access denied", "access_denied", "credential", "forbidden", "403", "signature", "accesskey",
-                    "unauthorized", "401", "token")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Location:
-    """A folder on some filesystem: ``fs`` and its ``path`` there, plus the URI users see."""
-
-    fs: Any  # pyarrow.fs.FileSystem
-    path: str
-    uri: str
-    scheme: str  # "file" for plain paths
-
-    @property
-    def is_local(self) -> bool:
-        return self.scheme == "file"
-
-    def child(self, name: str) -> Location:
-        if "://" not in self.uri:
-            uri = os.path.join(self.uri, name)
-        else:
-            parts = urlsplit(self.uri)
-            uri = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
-        return Location(self.fs, f"{self.path.rstrip('/')}/{name}", uri, self.scheme)
-
-
-def open_location(uri: str) -> Location:
-    """Resolve ``uri`` (a plain path, file://, s3://, gs://) to a filesystem and a path on it."""
-    from pyarrow import fs as pafs
-
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0].lower()
-        if scheme not in SCHEMES:
-            raise StorageError(
-                f"{uri}: unsupported URI scheme '{scheme}://'; use a local path, file://, s3:// or gs://"
-            )
-        target = uri
-    else:
-        scheme, target = "file", os.path.abspath(os.path.expanduser(uri))
-        uri = target
-    scheme = "gs" if scheme == "gcs" else scheme
-    if scheme == "gs" and "retry_limit_seconds=" not in target:  # GCS retries for 15 minutes by default
-        target += ("&" if "?" in target else "?") + f"retry_limit_seconds={GCS_RETRY_LIMIT_S}"
-    try:
-        fs, path = pafs.FileSystem.from_uri(target)
-    except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError, ArrowIOError an OSError
-        raise storage_error(uri, scheme, e) from e
-    return Location(fs, path.rstrip("/") or "/", uri, scheme)
-
-
-def storage_error(uri: str, scheme: str, error: Exception) -> StorageError:
-    """A StorageError for a failed filesystem call, naming the credentials settings when they may be the cause."""
-    message = f"{uri}: {error}"
-    if scheme in CREDENTIALS and any(hint in str(error).lower() for hint in CREDENTIAL_HINTS):
-        message += f"\n  check the credentials: {CREDENTIALS[scheme]}"
-    elif scheme in CREDENTIALS:
-        message += f"\n  (if this is a credentials problem: {CREDENTIALS[scheme]})"
-    return StorageError(message)
 
 
 # ---- the run folder -------------------------------------------------------------------------------
@@ -117,41 +50,6 @@ def run_files(run_dir: Path) -> list[str]:
         for name in files:
             found.append(Path(root, name).relative_to(run_dir).as_posix())
     return sorted(found)
-
-
-# ---- copying --------------------------------------------------------------------------------------
-def copy_stream(source, sink, progress: Callable[[int], Any]) -> tuple[int, str]:
-    """Copy ``source`` to ``sink`` in chunks; return (bytes, sha256 hex) of what was copied."""
-    digest, size = hashlib.sha256(), 0
-    while chunk := source.read(CHUNK):
-        sink.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-        progress(len(chunk))
-    return size, digest.hexdigest()
-
-
-def progress_bar(total: int, what: str, enabled: bool | None):
-    from tqdm import tqdm
-
-    # enabled=None: a bar on a terminal only, so logs and job output stay clean.
-    return tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=None if enabled is None else not enabled)  # fmt: skip
-
-
-def exists(loc: Location) -> bool:
-    from pyarrow import fs as pafs
-
-    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
-
-
-def listing(loc: Location) -> dict[str, int]:
-    """Relative path -> size of every file under ``loc``."""
-    from pyarrow import fs as pafs
-
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
-    prefix = loc.path.rstrip("/") + "/"
-    return {i.path[len(prefix) :]: i.size for i in infos if i.type == pafs.FileType.File}
 
 
 # ---- archive --------------------------------------------------------------------------------------
@@ -203,15 +101,9 @@ def archive(run_dir: str | Path, uri: str, force: bool = False, keep_latest: int
 
 def upload(run_dir: Path, files: list[str], target: Location, progress: bool | None) -> dict[str, Any]:
     """Copy ``files`` of ``run_dir`` under ``target``, then write the manifest as the marker; return it."""
-    sizes = {name: (run_dir / name).stat().st_size for name in files}
-    entries = {}
-    for folder in sorted({os.path.dirname(name) for name in files} | {""}):  # local filesystems need them
-        target.fs.create_dir(target.child(folder).path if folder else target.path, recursive=True)
-    with progress_bar(sum(sizes.values()), f"archive {run_dir.name}", progress) as bar:
-        for name in files:
-            with open(run_dir / name, "rb") as source, target.fs.open_output_stream(target.child(name).path) as sink:
-                size, sha = copy_stream(source, sink, bar.update)
-            entries[name] = {"size": size, "sha256": sha}  # what was sent, even if the file grew meanwhile
+    total = sum((run_dir / name).stat().st_size for name in files)
+    with progress_bar(total, f"archive {run_dir.name}", progress) as bar:
+        entries = upload_files(run_dir, files, target, bar.update)
     manifest = {
         "format": FORMAT,
         "run": run_dir.name,
@@ -253,7 +145,7 @@ def prune_checkpoints(run_dir: Path, keep: int, archived: set[str]) -> tuple[lis
     """
     store = CheckpointStore(run_dir / "checkpoints")
     steps = store.steps()
-    latest = store.latest_step() if (store.root / LATEST_FILE).exists() else None
+    latest = store.latest_step()
     keep_steps = set(steps[-keep:] if keep else []) | ({latest} if latest is not None else set())
     deleted = []
     for step in steps:
@@ -317,15 +209,4 @@ def restore(uri: str, run_dir: str | Path, force: bool = False, progress: bool |
 
 def download(source: Location, manifest: dict[str, Any], staging: Path, progress: bool | None) -> None:
     with progress_bar(manifest["total_bytes"], f"restore {manifest['run']}", progress) as bar:
-        for name, entry in sorted(manifest["files"].items()):
-            local = staging / name
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise StorageError(f"{source.uri}/{MARKER}: file name {name!r} leaves the run folder")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with source.fs.open_input_stream(source.child(name).path) as src, open(local, "wb") as sink:
-                size, sha = copy_stream(src, sink, bar.update)
-            if (size, sha) != (entry["size"], entry["sha256"]):
-                raise StorageError(
-                    f"{source.child(name).uri}: {size} bytes with sha256 {sha[:12]}..., but the manifest "
-                    f"says {entry['size']} bytes, sha256 {entry['sha256'][:12]}..."
-                )
+        download_files(source, manifest["files"], staging, bar.update)

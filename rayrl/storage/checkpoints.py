@@ -1,0 +1,202 @@
+"""CheckpointStore: step checkpoints on a local folder or a storage URI, committed by one writer.
+
+Layout under the checkpoint root (``ckpt.dir``, default ``<output_dir>/checkpoints``)::
+
+    step_50/   model.safetensors config.json tokenizer files optimizer.pt scheduler.pt training_info.json
+    latest     names the newest complete checkpoint ("step_50")
+
+Two writers, one commit. The learner (rank 0, on whatever node it runs) writes the model, optimizer and
+scheduler files into the folder :meth:`CheckpointStore.begin` hands out and reports each file's size
+and sha256. The driver then commits: ``training_info.json`` (with that manifest) is written last, and
+only then does ``latest`` name the step. A checkpoint is complete when its ``training_info.json`` is
+there and every file it lists is there with its size; an old one without a manifest needs the model and
+the optimizer state. A crash at any moment leaves ``latest`` naming a complete checkpoint (or none).
+
+On a local root the files are written into ``.tmp-step_N-<id>/`` and the folder is renamed into place
+after ``training_info.json``. Object stores have no rename: there the files go straight into
+``step_N/``, and re-saving a step first un-commits the old one (``latest`` moves back to the newest other
+complete checkpoint before its ``training_info.json`` is deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rayrl.errors import CheckpointError
+from rayrl.storage.files import json_text
+from rayrl.storage.location import (
+    Location, delete_tree, exists, file_entries, listing, open_location, read_bytes, write_bytes,
+)
+
+INFO_FILE = "training_info.json"
+LATEST_FILE = "latest"
+MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE = "model.safetensors", "optimizer.pt", "scheduler.pt"
+REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE)  # of a checkpoint written before manifests were recorded
+STEP_DIR = re.compile(r"^step_(\d+)$")
+STAGING_PREFIXES = (".tmp-step_", ".old-step_")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path, keep: int = 0):
+        self.root: Location = open_location(str(root))
+        self.keep = keep  # 0 keeps every checkpoint
+
+    @property
+    def uri(self) -> str:
+        return self.root.uri
+
+    def location(self, step: int) -> Location:
+        return self.root.child(f"step_{step}")
+
+    def uri_of(self, step: int) -> str:
+        """Where checkpoint ``step`` lives: a local path, or a URI (what actors and ``from_pretrained`` read)."""
+        return self.location(step).uri
+
+    def path(self, step: int) -> Path:
+        """The local folder of checkpoint ``step`` (local roots only)."""
+        if not self.root.is_local:
+            raise CheckpointError(f"{self.uri} is not a local folder: checkpoint {step} has no local path")
+        return Path(self.location(step).path)
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps of complete checkpoints, ascending."""
+        return sorted(step for step, present in self._step_folders().items() if self._complete(step, present))
+
+    def step_folders(self) -> list[int]:
+        """Steps of every ``step_N`` folder holding files, complete or not."""
+        return sorted(self._step_folders())
+
+    def _step_folders(self) -> dict[int, dict[str, int]]:
+        """step -> {file name inside its folder: size}."""
+        files = listing(self.root)
+        found: dict[int, dict[str, int]] = {}
+        for name in files:
+            folder, _, rest = name.partition("/")
+            if (m := STEP_DIR.match(folder)) and rest:
+                found.setdefault(int(m.group(1)), {})[rest] = files[name]
+        return found
+
+    def _complete(self, step: int, present: dict[str, int]) -> bool:
+        if INFO_FILE not in present:
+            return False
+        try:
+            manifest = self.read_info(step).get("files")
+        except (OSError, ValueError):
+            return False
+        if not manifest:
+            return all(name in present for name in REQUIRED_FILES)
+        return all(present.get(name) == entry["size"] for name, entry in manifest.items())
+
+    def latest_step(self) -> int | None:
+        pointer = self.root.child(LATEST_FILE)
+        if not exists(pointer):
+            return None
+        text = read_bytes(pointer).decode().strip()
+        match = STEP_DIR.match(text)
+        if not match or int(match.group(1)) not in self.steps():
+            raise CheckpointError(f"{pointer.uri} names '{text}', which is not a complete checkpoint")
+        return int(match.group(1))
+
+    def resolve(self, resume_step: int | None) -> str | None:
+        """Checkpoint to resume from (path or URI): None for a fresh run, -1 for the latest, N for step N."""
+        if resume_step is None:
+            return None
+        if resume_step == -1:
+            latest = self.latest_step()
+            if latest is None:
+                raise CheckpointError(f"ckpt.resume_step = -1 but {self.uri} holds no checkpoint to resume from")
+            return self.uri_of(latest)
+        if resume_step not in self.steps():
+            raise CheckpointError(
+                f"ckpt.resume_step = {resume_step}: no checkpoint {self.uri_of(resume_step)}; "
+                f"available steps: {self.steps() or 'none'}"
+            )
+        return self.uri_of(resume_step)
+
+    def read_info(self, step: int | str) -> dict[str, Any]:
+        """``training_info.json`` of checkpoint ``step`` (a step number, or the checkpoint's path or URI)."""
+        loc = self.location(step) if isinstance(step, int) else open_location(str(step))
+        return json.loads(read_bytes(loc.child(INFO_FILE)).decode())
+
+    def verify(self, step: int) -> None:
+        """Check every file of a local checkpoint against the sizes and sha256 sums its manifest records
+        (a remote checkpoint is checked by whoever downloads it). Raises CheckpointError naming the file."""
+        manifest = self.read_info(step).get("files") or {}
+        if not self.root.is_local or not manifest:
+            return
+        actual = file_entries(self.path(step), list(manifest))
+        wrong = [name for name, entry in manifest.items() if actual[name] != entry]
+        if wrong:
+            raise CheckpointError(f"{self.uri_of(step)}: {', '.join(wrong)} differ from the checksums recorded when "
+                                  "it was saved (the files changed or are damaged)")
+
+    # ---- writing ------------------------------------------------------------------------------------
+    def begin(self, step: int) -> str:
+        """A folder (path or URI) for the learner to write checkpoint ``step`` into, before :meth:`commit`."""
+        if self.root.is_local:
+            Path(self.root.path).mkdir(parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=self.root.path)
+        target = self.location(step)
+        if exists(target):  # re-saving a step (after a resume from an earlier one): un-commit the old one
+            self._uncommit(step)
+        return target.uri
+
+    def _uncommit(self, step: int) -> None:
+        others = [s for s in self.steps() if s != step]
+        pointer = self.root.child(LATEST_FILE)
+        if exists(pointer) and read_bytes(pointer).decode().strip() == f"step_{step}":
+            if others:
+                write_bytes(pointer, f"step_{others[-1]}\n".encode())
+            else:
+                self.root.fs.delete_file(pointer.path)
+        delete_tree(self.location(step))
+
+    def commit(self, written: str, step: int, training_info: dict[str, Any]) -> str:
+        """Finish the folder :meth:`begin` gave as checkpoint ``step``: ``training_info.json`` (it should list
+        the files under ``"files"``), the rename into place on a local root, then ``latest``. Returns its URI."""
+        final = self.location(step)
+        if self.root.is_local:
+            staging = Path(written)
+            write_bytes(open_location(str(staging / INFO_FILE)), json_text(training_info).encode())
+            if exists(final):  # re-saving a step (after a resume): move the old one aside first
+                aside = Path(self.root.path) / f".old-step_{step}"
+                shutil.rmtree(aside, ignore_errors=True)
+                Path(final.path).rename(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            staging.rename(final.path)
+        else:
+            write_bytes(final.child(INFO_FILE), json_text(training_info).encode())
+        write_bytes(self.root.child(LATEST_FILE), f"step_{step}\n".encode())
+        self.rotate()
+        return final.uri
+
+    def rotate(self) -> None:
+        """Delete the oldest checkpoints beyond ``keep``; never the one ``latest`` names."""
+        if not self.keep:
+            return
+        latest = self.latest_step()
+        for step in self.steps()[: -self.keep]:
+            if step != latest:
+                delete_tree(self.location(step))
+
+    def remove_incomplete(self) -> list[str]:
+        """Remove leftovers of interrupted saves (never complete, never named by ``latest``)."""
+        leftovers = []
+        if self.root.is_local:
+            root = Path(self.root.path)
+            if root.is_dir():
+                leftovers = [p.name for p in root.iterdir() if p.name.startswith(STAGING_PREFIXES)]
+        else:  # files written, never committed: no training_info.json (a damaged committed one stays)
+            leftovers = [f"step_{step}" for step, present in self._step_folders().items() if INFO_FILE not in present]
+        for name in leftovers:
+            delete_tree(self.root.child(name))
+        return sorted(leftovers)
