@@ -30,7 +30,7 @@ SMALL = {
                   "target_accuracy": 0.3, "max_accuracy": 0.5, "max_steps": 2000},
     "optim": {"lr": 3e-4},
     "sampling": {"max_tokens": 4, "temperature": 1.0},
-    "env": [{"id": "arithmetic", "args": {"digits": 2, "eval_size": 200}}],
+    "env": [{"id": "arithmetic", "args": {"digits": 2, "eval_size": 1000}}],  # 1000: learning is measured on all
     "inference": {"replicas": 1, "threads": 1, "cpus_per_replica": 0.5},
     "learner": {"workers": 1, "threads": 1, "cpus_per_worker": 0.5, "micro_batch_size": 16},
     "rollout": {"workers": 1},
@@ -38,6 +38,11 @@ SMALL = {
     "ckpt": {"interval": 2, "keep": 0},
     "log": {"progress": False},
 }
+
+
+# Learning assertions must hold with margin on any machine, not on one trajectory: check them under other
+# initialisations of the model with RAYRL_TEST_MODEL_SEED=1 (2, ...) .venv/bin/python -m pytest -m slow.
+SMALL["model"]["tiny"]["seed"] = int(os.environ.get("RAYRL_TEST_MODEL_SEED", "0"))
 
 
 def merge(base: dict, extra: dict) -> dict:

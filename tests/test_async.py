@@ -14,9 +14,11 @@ from rayrl.tracking import read_metrics
 
 @pytest.mark.slow
 def test_k1_overlaps_stays_within_staleness_and_learns(ray_cluster, small_config, base_model_path, tmp_path):
+    """k = 1 on the learning test's run (tests/test_train.py, same margin): generation runs one version
+    behind, never more, nothing is dropped, and held-out reward still rises."""
     cfg = small_config(
-        tmp_path, max_steps=60, batch_size=128, rollouts_per_example=8, algorithm={"max_off_policy_steps": 1},
-        eval={"interval": 20, "num_examples": 200}, ckpt={"interval": 0},
+        tmp_path, max_steps=100, batch_size=256, rollouts_per_example=8, algorithm={"max_off_policy_steps": 1},
+        eval={"interval": 25, "num_examples": 1000}, ckpt={"interval": 0},
     )
     metrics = read_metrics(train(cfg).output_dir / "metrics.jsonl")
     steps = metrics[1:]
@@ -24,7 +26,7 @@ def test_k1_overlaps_stays_within_staleness_and_learns(ray_cluster, small_config
     assert sum(m.get("staleness/hist_1", 0) for m in steps) > 0  # generation really ran one version behind
     assert all(m["staleness/dropped_samples"] == 0 for m in steps)
     evals = [m["eval_reward_mean"] for m in metrics if "eval_reward_mean" in m]
-    assert evals[-1] >= evals[0] + 0.1, evals
+    assert (evals[-1] + evals[-2]) / 2 >= evals[0] + 0.04, evals
 
 
 def test_a_replica_never_mixes_versions_within_a_sequence(ray_cluster, base_model_path):

@@ -69,6 +69,15 @@ def test_unknown_environment_is_refused_with_the_fix_and_no_run_folder(tmp_path)
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
-def test_readme_config_reference_is_current():
-    """README carries the generated table; regenerate with: python scripts/update_readme_reference.py."""
-    assert config_reference_markdown().strip() in (ROOT / "README.md").read_text()
+def test_warm_start_of_a_multi_turn_environment_is_refused_before_anything_starts(tmp_path):
+    out = rayrl("train", "experiments/gymnasium_frozenlake.toml", "--output-dir", str(tmp_path / "run"),
+                "--warmstart.enabled", "true")
+    assert out.returncode == 2, out.stderr
+    assert "(id 'gymnasium:FrozenLake-v1') is a multi-turn environment" in out.stderr
+    assert "set warmstart.enabled = false" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+def test_config_reference_is_current():
+    """docs/configuration.md carries the generated table; regenerate: python scripts/update_config_reference.py."""
+    assert config_reference_markdown().strip() in (ROOT / "docs" / "configuration.md").read_text()

@@ -56,3 +56,16 @@ def test_unknown_env_id_names_it_and_suggests():
 def test_bad_env_argument_names_the_accepted_ones():
     with pytest.raises(ValueError, match="unknown argument.*'digit'.*accepts: digits, eval_size, train_size, seed, reward"):
         make_env("arithmetic", {"digit": 2})
+
+
+def test_single_turn_environments_with_answers_can_be_warm_started():
+    from rayrl.envs import make_env
+    from rayrl.errors import WarmstartError
+    from rayrl.models.warmstart import check_warm_start
+
+    for env_id, args in [("arithmetic", {}), ("sat", {"num_train": 50, "num_eval": 10}),
+                         ("openspiel", {"game_list": ["tic_tac_toe"], "num_tasks_per_case": 30})]:
+        check_warm_start(make_env(env_id, args), env_id)  # no error
+    frozen = make_env("gymnasium:FrozenLake-v1", {"num_train": 5, "num_eval": 2})
+    with pytest.raises(WarmstartError, match="is a multi-turn environment.*warmstart.enabled = false"):
+        check_warm_start(frozen, "gymnasium:FrozenLake-v1")

@@ -112,8 +112,8 @@ def test_confirm_split_follows_the_eval_split(run_dir):
     assert env.example_ids == held_out[30:40]  # after the eval.num_examples used for selection
     assert env.scores.shape == (10, 1) and len(env.completions) == 10
 
-    cfg.eval.confirm_examples = 500
-    with pytest.raises(EvalSplitError, match=r"'arithmetic' has 200 .*eval.num_examples \(30\).*eval.confirm_examples \(500\)"):
+    cfg.eval.confirm_examples = 990
+    with pytest.raises(EvalSplitError, match=r"'arithmetic' has 1000 .*eval.num_examples \(30\).*eval.confirm_examples \(990\)"):
         evaluate_model(cfg, str(run_dir / "checkpoints/step_2"), split="confirm")
 
 

@@ -91,18 +91,27 @@ def test_local_learner_loss_equals_the_hand_computed_token_mean(small_config, ti
     assert metrics["clip_fraction"] == pytest.approx(4 / 11)
 
 
-def test_two_ranks_and_micro_batches_normalise_by_the_whole_batch(ray_cluster, small_config, tiny_model_path,
-                                                                  model_and_tokenizer):
+def test_two_fsdp2_ranks_with_micro_batches_make_the_in_process_update(ray_cluster, small_config, tiny_model_path,
+                                                                        model_and_tokenizer):
     """Each rank divides its token sum by the whole batch's token count, and FSDP's gradient average is
-    undone: the reported loss over 2 ranks x 2 micro-batches is the batch's token mean, as by hand."""
+    undone: over 2 ranks x 2 micro-batches the loss is the batch's token mean, as by hand, and the updated
+    weights equal those of one in-process learner taking the whole batch at once."""
     model, tok = model_and_tokenizer
     samples, expected, _ = samples_with_known_ratios(model, tok)
-    group = LearnerGroup(small_config(learner={"workers": 2, "micro_batch_size": 2}), tiny_model_path, "test-ranks")
-    try:
-        metrics = group.update(samples)
-    finally:
-        group.shutdown()
-    assert metrics["loss"] == pytest.approx(expected, rel=1e-4)
+    results = {}
+    for workers, micro in ((0, 64), (2, 2)):
+        group = LearnerGroup(small_config(learner={"workers": workers, "micro_batch_size": micro}), tiny_model_path,
+                             f"test-ranks-{workers}")
+        try:
+            results[workers] = group.update(samples), group.full_state_dict()
+        finally:
+            group.shutdown()
+    (local, local_sd), (ranks, ranks_sd) = results[0], results[2]
+    assert ranks["loss"] == pytest.approx(expected, rel=1e-4) and local["loss"] == pytest.approx(expected, rel=1e-4)
+    assert ranks["grad_norm"] == pytest.approx(local["grad_norm"], rel=1e-4)
+    assert local_sd.keys() == ranks_sd.keys()
+    for name in local_sd:
+        torch.testing.assert_close(ranks_sd[name], local_sd[name], rtol=1e-4, atol=1e-6)
 
 
 def test_a_whole_grpo_step_in_process_is_on_policy_with_top_p(small_config, tiny_model_path, model_and_tokenizer):

@@ -179,32 +179,38 @@ samples = 1
     assert records[1]["reason"].startswith(("adopted", "rejected"))
 
 
+@pytest.mark.slow
 def test_gate_rejects_a_harmful_trial_and_adopts_a_beneficial_one(
     ray_cluster, small_config, base_model_path, tmp_path
 ):
-    """The issue's acceptance: three trials from a trained champion, one harmful (lr x100), one beneficial
-    (10x the steps), all three facing the gate on the confirmation split."""
+    """Three trials from a trained champion face the gate on the confirmation split. Their gaps are known by
+    construction, not by a learning curve that floating point may bend on another machine: the sweep's
+    reward is "answer with a leading 7", which the champion (trained on exact sums) meets about 6% of the
+    time; `longer` learns it (1.0 after 20 steps under every seed tried, 2026-12-01), `no-seven` trains on
+    the opposite reward and can only regress, `control` takes one step."""
     from rayrl.driver import train
     from rayrl.tuning.runner import run_sweep
 
     champion = train(small_config(tmp_path / "champion", max_steps=2, eval={"interval": 0})).output_dir
     champion = champion / "checkpoints" / "step_2"
+    rewards = ROOT / "tests" / "rewards" / "reward_fixtures.py"
     overrides = SMALL_OVERRIDES.replace("batch_size = 32", "batch_size = 64").replace(
-        "rollouts_per_example = 4", "rollouts_per_example = 8").replace(
+        "rollouts_per_example = 4", "rollouts_per_example = 8").replace("optim.lr = 3e-4", "optim.lr = 3e-3").replace(
         "eval.interval = 2", "eval.interval = 10").replace("eval.confirm_examples = 100", "eval.confirm_examples = 400")
-    sweep = load_sweep(write_sweep(tmp_path, """
+    overrides += f'env.0.reward = "{rewards}:first_digit_seven"\n'
+    sweep = load_sweep(write_sweep(tmp_path, f"""
 name = "promo"
 candidates = 3
 [[variants]]
 name = "control"
-max_steps = 4
+max_steps = 1
 [[variants]]
-name = "lr-x100"
-max_steps = 4
-optim.lr = 3e-2
+name = "no-seven"
+max_steps = 10
+env.0.reward = "{rewards}:no_seven"
 [[variants]]
 name = "longer"
-max_steps = 40
+max_steps = 20
 [gate]
 samples = 1
 max_regression = 0.02
@@ -213,20 +219,20 @@ max_regression = 0.02
 
     variant = {t.name: t.params["variant"] for t in result.trials}
     decisions = {variant[d.candidate]: d for d in result.decisions}
-    assert set(decisions) == {"control", "lr-x100", "longer"}
-    harmful, better = decisions["lr-x100"], decisions["longer"]
+    assert set(decisions) == {"control", "no-seven", "longer"}
+    harmful, better = decisions["no-seven"], decisions["longer"]
     assert not harmful.adopted and harmful.mean_gain < 0
     assert harmful.reason.startswith("rejected: ") and "regressed by" in harmful.reason
-    assert better.adopted and better.reason.startswith("adopted: "), better.reason
+    assert better.adopted and better.reason.startswith("adopted: ") and better.mean_gain > 0.5, better.reason
     assert not decisions["control"].adopted
 
     lineage = Lineage(tmp_path / "out")
     records = lineage.records()
     assert [r["decision"] for r in records].count("adopted") == 1 and len(records) == 4
     adopted = next(r for r in records if r["decision"] == "adopted")
-    assert adopted["candidate"] == better.candidate and adopted["config_diff"]["max_steps"][1] == 40
+    assert adopted["candidate"] == better.candidate and adopted["config_diff"]["max_steps"][1] == 20
     rejected = next(r for r in records if r["candidate"] == harmful.candidate)
-    assert rejected["decision"] == "rejected" and rejected["config_diff"]["optim.lr"] == [3e-4, 3e-2]
+    assert rejected["decision"] == "rejected" and rejected["config_diff"]["env.0.reward"][1].endswith(":no_seven")
     pointer = json.loads((tmp_path / "out" / "champion").read_text())
     assert pointer["name"] == better.candidate == lineage.champion()["name"]
     assert (Path(pointer["checkpoint"]) / "model.safetensors").is_file()  # a local copy: the next iteration's start

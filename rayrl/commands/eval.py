@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature is not None and args.temperature < 0:
         raise CommandError(f"--temperature must be >= 0, got {args.temperature}")
     store = CheckpointStore(run_dir / "checkpoints")  # read-only use: steps() and read_info()
-    steps = select_steps(store.steps(), args.steps, store.root)
+    steps = select_steps(store.steps(), args.steps, store.uri)
     cfg, env_name = run_config(store, steps, args)
     settings = {
         "format": FORMAT_VERSION, "split": "eval", "samples": args.samples, "seed": args.seed,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def select_steps(available: list[int], spec: str, root: Path) -> list[int]:
+def select_steps(available: list[int], spec: str, root: str) -> list[int]:
     from rayrl.errors import CommandError
 
     if not available:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rayrl.config import Config
+from rayrl.config import Config, EnvConfig
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-qwen3",)
@@ -41,11 +41,17 @@ def base_model_key(cfg: Config) -> str:
         "dtype": cfg.model.dtype,
         "tiny": cfg.model.tiny.model_dump() if cfg.model.name.startswith(BUILTIN_PREFIX) else None,
         "warmstart": cfg.warmstart.model_dump() if cfg.warmstart.enabled else None,
-        "env": [e.model_dump() for e in cfg.env] if cfg.warmstart.enabled else None,
+        "env": warmstart_env(cfg).model_dump(include={"id", "args", "path"}) if cfg.warmstart.enabled else None,
         "max_tokens": cfg.sampling.max_tokens,
         "format": 1,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def warmstart_env(cfg: Config) -> EnvConfig:
+    """The ``[[env]]`` entry the warm-start learns from: the first, scored by the environment's own reward
+    (its reference answers); a custom reward function is for RL, not for checking the supervised pass."""
+    return cfg.env[0].model_copy(update={"reward": None})
 
 
 def resolve_base_model(cfg: Config) -> tuple[str, dict]:
@@ -110,7 +116,7 @@ def build_base_model(cfg: Config) -> dict[str, bytes]:
         if cfg.warmstart.enabled:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, cfg.model.dtype))
             tokenizer = AutoTokenizer.from_pretrained(source)
-            env = build_env(cfg.env[0])
+            env = build_env(warmstart_env(cfg))
             report = warm_start(model, tokenizer, env, cfg.warmstart, cfg.sampling.max_tokens, cfg.seq_len)
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)

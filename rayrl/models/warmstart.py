@@ -44,7 +44,7 @@ def check_warm_start(env: Environment, env_id: str) -> None:
     """Raise WarmstartError unless ``env`` is single-turn and its train examples carry reference answers."""
     fix = ("set warmstart.enabled = false (in [warmstart] or --warmstart.enabled false), or list a single-turn "
            "environment with reference answers first in [[env]]")  # fmt: skip
-    if env.max_turns > 1 or type(env).start is not Environment.start:
+    if env.max_turns > 1:
         raise WarmstartError(
             f"[[env]] entry 1 (id '{env_id}') is a multi-turn environment: the supervised warm-start trains on "
             f"single-turn reference answers; {fix}"

@@ -69,3 +69,13 @@ def too_few_arguments(completion, answer):
 
 
 NOT_CALLABLE = 3.0
+
+
+def first_digit_seven(prompt, completion, answer, info):
+    """A task RL learns in a few steps whatever the machine: answer with a leading 7 (tests/test_tune.py)."""
+    return 1.0 if completion.strip()[:1] == "7" else 0.0
+
+
+def no_seven(prompt, completion, answer, info):
+    """The opposite task: training on it makes a policy worse at first_digit_seven by construction."""
+    return 0.0 if completion.strip()[:1] == "7" else 1.0
