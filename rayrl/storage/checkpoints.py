@@ -9,8 +9,7 @@ Two writers, one commit. The learner (rank 0, on whatever node it runs) writes t
 scheduler files into the folder :meth:`CheckpointStore.begin` hands out and reports each file's size
 and sha256. The driver then commits: ``training_info.json`` (with that manifest) is written last, and
 only then does ``latest`` name the step. A checkpoint is complete when its ``training_info.json`` is
-there and every file it lists is there with its size; an old one without a manifest needs the model and
-the optimizer state. A crash at any moment leaves ``latest`` naming a complete checkpoint (or none).
+there and every file it lists is there with its size, the model and the optimizer state among them. A crash at any moment leaves ``latest`` naming a complete checkpoint (or none).
 
 On a local root the files are written into ``.tmp-step_N-<id>/`` and the folder is renamed into place
 after ``training_info.json``. Object stores have no rename: there the files go straight into
@@ -37,7 +36,7 @@ from rayrl.storage.location import (
 INFO_FILE = "training_info.json"
 LATEST_FILE = "latest"
 MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE = "model.safetensors", "optimizer.pt", "scheduler.pt"
-REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE)  # of a checkpoint written before manifests were recorded
+REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE)  # besides training_info.json and every file it lists
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STAGING_PREFIXES = (".tmp-step_", ".old-step_")
 
@@ -92,9 +91,9 @@ class CheckpointStore:
             manifest = self.read_info(step).get("files")
         except (OSError, ValueError):
             return False
-        if not manifest:
-            return all(name in present for name in REQUIRED_FILES)
-        return all(present.get(name) == entry["size"] for name, entry in manifest.items())
+        if not all(name in present for name in REQUIRED_FILES):  # the model and its optimizer state, always
+            return False
+        return all(present.get(name) == entry["size"] for name, entry in (manifest or {}).items())
 
     def latest_step(self) -> int | None:
         pointer = self.root.child(LATEST_FILE)
