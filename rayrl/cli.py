@@ -72,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         except RayrlError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    from rayrl.config.loading import (
-        config_reference_markdown,
-        load_config,
-        parse_overrides,
-    )
+    from rayrl.config.loading import config_reference_markdown, load_config, parse_overrides
 
     try:
         overrides = parse_overrides(rest)

@@ -16,12 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rayrl.actors.fleet import (
-    collect_rollouts,
-    kill_actors,
-    start_replicas,
-    start_rollout_workers,
-    submit_rollouts,
-    wait_ready,
+    collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
 )
 from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
@@ -36,9 +31,9 @@ from rayrl.errors import CheckpointError
 from rayrl.models.loading import resolve_base_model
 from rayrl.models.source import cluster_nodes, model_source
 from rayrl.models.warmstart import check_warm_start
+from rayrl.plotting import plot_training_curves
 from rayrl.storage.checkpoints import CheckpointStore
 from rayrl.storage.run_folder import RunFolder
-from rayrl.plotting import plot_training_curves
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 
 log = logging.getLogger("rayrl")

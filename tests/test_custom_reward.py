@@ -12,13 +12,7 @@ from transformers import AutoTokenizer
 from rayrl.envs import Example, make_env
 from rayrl.envs.base import Environment, Episode, EpisodeRequest, Turn
 from rayrl.config.loading import anchor_reward_spec
-from rayrl.envs.custom_reward import (
-    CallRunner,
-    RewardFunctionError,
-    RewardOverride,
-    load_reward_function,
-    with_reward,
-)
+from rayrl.envs.custom_reward import CallRunner, RewardFunctionError, RewardOverride, load_reward_function, with_reward
 from rayrl.envs.episodes import play_turns
 
 REWARDS = Path(__file__).parent / "rewards"

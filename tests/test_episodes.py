@@ -7,14 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rayrl.envs import make_env
-from rayrl.envs.base import (
-    Environment,
-    Episode,
-    EpisodeRequest,
-    Example,
-    Turn,
-    split_score,
-)
+from rayrl.envs.base import Environment, Episode, EpisodeRequest, Example, Turn, split_score
 from rayrl.envs.episodes import play_turns
 
 

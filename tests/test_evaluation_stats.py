@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 
 from rayrl.evaluation.stats import (
-    aggregate,
-    beta_ppf,
-    betainc,
-    dominated_by,
-    dominates,
-    is_binary,
-    jeffreys_interval,
-    pareto_front,
-    summarize,
+    aggregate, beta_ppf, betainc, dominated_by, dominates, is_binary, jeffreys_interval, pareto_front, summarize,
 )
 
 # (successes, n) -> 10th and 90th percentiles of Beta(successes + 0.5, n - successes + 0.5),

@@ -9,13 +9,7 @@ import pydantic
 import pytest
 
 from rayrl.evaluation.gate import (
-    GateConfig,
-    bootstrap_p_values,
-    corrected_alphas,
-    decide,
-    paired_differences,
-    paired_scores,
-    sign_test_p,
+    GateConfig, bootstrap_p_values, corrected_alphas, decide, paired_differences, paired_scores, sign_test_p,
 )
 
 FAST = {"bootstrap_resamples": 2000}

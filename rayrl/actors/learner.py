@@ -16,14 +16,7 @@ from typing import Any
 
 import torch
 
-from rayrl.algorithms.grpo import (
-    TrainSample,
-    collate,
-    loss_normalizer,
-    policy_loss,
-    shard_evenly,
-    sum_stats,
-)
+from rayrl.algorithms.grpo import TrainSample, collate, loss_normalizer, policy_loss, shard_evenly, sum_stats
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
 from rayrl.models.source import ModelSource, local_model_dir
@@ -185,10 +178,7 @@ class Learner:
             return file_entries(out, names) if location.is_local else upload_files(out, names, location)
 
     def _load_training_state(self, directory: Path) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         optim_sd = torch.load(directory / OPTIMIZER_FILE, weights_only=False) if self.rank == 0 else {}
         set_optimizer_state_dict(

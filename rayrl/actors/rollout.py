@@ -7,14 +7,7 @@ from dataclasses import dataclass, replace
 from rayrl.algorithms.grpo import Rollout
 from rayrl.config import EnvConfig
 from rayrl.engines.base import SamplingParams
-from rayrl.envs.base import (
-    EpisodeRequest,
-    EpisodeResult,
-    Example,
-    Generator,
-    Sampled,
-    drives_generation,
-)
+from rayrl.envs.base import EpisodeRequest, EpisodeResult, Example, Generator, Sampled, drives_generation
 from rayrl.envs.episodes import CALL_SEED_STRIDE, play_turns
 from rayrl.envs.registry import build_env
 from rayrl.models.source import ModelSource, local_model_dir

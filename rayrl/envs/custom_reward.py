@@ -30,15 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from rayrl.envs.base import (
-    Environment,
-    Episode,
-    Example,
-    Split,
-    Turn,
-    drives_generation,
-    split_score,
-)
+from rayrl.envs.base import Environment, Episode, Example, Split, Turn, drives_generation, split_score
 from rayrl.config.loading import find_reward_file, is_reward_file, reward_file_candidates
 from rayrl.errors import RewardFunctionError
 

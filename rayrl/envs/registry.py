@@ -12,12 +12,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 from rayrl.envs.base import Environment
-from rayrl.envs.ids import (
-    BUILTIN_IDS,
-    GYMNASIUM_PREFIX,
-    VERIFIERS_PREFIX,
-    unknown_id_message,
-)
+from rayrl.envs.ids import BUILTIN_IDS, GYMNASIUM_PREFIX, VERIFIERS_PREFIX, unknown_id_message
 from rayrl.errors import EnvError
 
 if TYPE_CHECKING:

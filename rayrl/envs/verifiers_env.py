@@ -38,23 +38,9 @@ from typing import Any, Callable, Coroutine, Iterator, TypeVar
 import numpy as np
 import verifiers as vf
 
-from rayrl.envs.base import (
-    Environment,
-    EpisodeRequest,
-    EpisodeResult,
-    Example,
-    Generator,
-    Split,
-)
+from rayrl.envs.base import Environment, EpisodeRequest, EpisodeResult, Example, Generator, Split
 from rayrl.envs.ids import VERIFIERS_PREFIX, unknown_id_message
-from rayrl.envs.verifiers_client import (
-    MODEL_NAME,
-    RayrlClient,
-    Renderer,
-    Transcript,
-    TurnBatcher,
-    plain_chat,
-)
+from rayrl.envs.verifiers_client import MODEL_NAME, RayrlClient, Renderer, Transcript, TurnBatcher, plain_chat
 from rayrl.errors import EnvError
 
 log = logging.getLogger(__name__)

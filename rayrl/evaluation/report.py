@@ -29,14 +29,7 @@ import numpy as np
 
 from rayrl.storage.files import current_umask, write_text_atomic
 from rayrl.evaluation.runner import EvalResult
-from rayrl.evaluation.stats import (
-    JEFFREYS_LEVEL,
-    ScoreStats,
-    aggregate,
-    dominated_by,
-    pareto_front,
-    summarize,
-)
+from rayrl.evaluation.stats import JEFFREYS_LEVEL, ScoreStats, aggregate, dominated_by, pareto_front, summarize
 
 FORMAT_VERSION = 1  # of the files below; results written by another version are never mixed in
 AGGREGATE = "all"  # env column of the row pooling every environment's samples

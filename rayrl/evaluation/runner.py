@@ -85,12 +85,7 @@ def evaluate_model(
     import ray
 
     from rayrl.actors.fleet import (
-        collect_rollouts,
-        kill_actors,
-        start_replicas,
-        start_rollout_workers,
-        submit_rollouts,
-        wait_ready,
+        collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
     )
     from rayrl.actors.rollout import Task
     from rayrl.engines.base import SamplingParams
