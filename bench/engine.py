@@ -38,7 +38,7 @@ def main() -> None:
 
     from rayrl.actors.inference import InferenceActor
     from rayrl.config import TinyModelConfig
-    from rayrl.engines.base import SamplingParams
+    from rayrl.engines.base import EngineSpec, SamplingParams
     from rayrl.engines.transformers_engine import TransformersEngine
     from rayrl.models.tiny import build_tiny_model
 
@@ -55,7 +55,7 @@ def main() -> None:
         params = SamplingParams(max_tokens=new_tokens, temperature=1.0, seed=0)
         raw = TransformersEngine.from_pretrained(path)
         n_params = non_embedding_params(raw.model)
-        replica = ray.remote(InferenceActor).options(num_cpus=1).remote(path, "transformers", "float32", args.threads, 512)
+        replica = ray.remote(InferenceActor).options(num_cpus=1).remote(path, EngineSpec("transformers", "", threads=args.threads))
         raw.generate(prompts, params)
         ray.get(replica.generate.remote(prompts, params))  # warm-up both
         t_raw, t_ray, tokens = [], [], 0

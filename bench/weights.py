@@ -37,6 +37,7 @@ def main() -> None:
     import ray
 
     from rayrl.actors.inference import InferenceActor
+    from rayrl.engines.base import EngineSpec
     from rayrl.actors.learner import LearnerGroup
     from rayrl.config import Config, TinyModelConfig
     from rayrl.models.tiny import build_tiny_model
@@ -56,7 +57,7 @@ def main() -> None:
              object_store_memory=args.object_store_mib * 2**20 if args.object_store_mib else None)
     group = LearnerGroup(cfg, model_dir, namespace="bench-weights")
     replicas = [
-        ray.remote(InferenceActor).options(num_cpus=0.5).remote(model_dir, "transformers", "float32", 1, 64)
+        ray.remote(InferenceActor).options(num_cpus=0.5).remote(model_dir, EngineSpec("transformers", "", threads=1, max_batch_size=64))
         for _ in range(4)
     ]
     ray.get([r.get_version.remote() for r in replicas])

@@ -25,6 +25,7 @@ from rayrl.algorithms.grpo import Rollout, drop_stale
 from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
+from rayrl.engines import check_engine_installed
 from rayrl.engines.base import SamplingParams
 from rayrl.envs.registry import build_envs
 from rayrl.errors import CheckpointError
@@ -77,6 +78,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.envs = build_envs(cfg)  # before anything is written: a bad [[env]] leaves no run folder
+        check_engine_installed(cfg.inference.engine)
         if cfg.warmstart.enabled:
             check_warm_start(self.envs[0], cfg.env[0].id)
         self.run_folder = RunFolder(resolve_output_dir(cfg), cfg.ckpt.dir)

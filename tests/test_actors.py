@@ -8,7 +8,7 @@ import torch
 from rayrl.actors.learner import LearnerGroup
 from rayrl.algorithms.grpo import TrainSample
 from rayrl.algorithms.sampling import token_logprobs
-from rayrl.engines.base import SamplingParams
+from rayrl.engines.base import EngineSpec, SamplingParams
 
 
 def random_samples(n: int, seed: int = 0) -> list[TrainSample]:
@@ -26,7 +26,7 @@ def make_replicas(ray, path: str, count: int):
     from rayrl.actors.inference import InferenceActor
 
     cls = ray.remote(InferenceActor)
-    return [cls.options(num_cpus=0.5).remote(path, "transformers", "float32", 1, 64) for _ in range(count)]
+    return [cls.options(num_cpus=0.5).remote(path, EngineSpec("transformers", "", threads=1, max_batch_size=64)) for _ in range(count)]
 
 
 def test_published_weights_equal_the_learners_bit_for_bit(ray_cluster, small_config, base_model_path):

@@ -7,7 +7,7 @@ import torch
 
 from rayrl.algorithms.sampling import token_logprobs
 from rayrl.driver import train
-from rayrl.engines.base import SamplingParams
+from rayrl.engines.base import EngineSpec, SamplingParams
 from rayrl.engines.weights import flatten_state_dict
 from rayrl.tracking import read_metrics
 
@@ -37,7 +37,7 @@ def test_a_replica_never_mixes_versions_within_a_sequence(ray_cluster, base_mode
     from rayrl.actors.inference import InferenceActor
 
     ray = ray_cluster
-    replica = ray.remote(InferenceActor).options(num_cpus=0.5).remote(base_model_path, "transformers", "float32", 1, 512)
+    replica = ray.remote(InferenceActor).options(num_cpus=0.5).remote(base_model_path, EngineSpec("transformers", "", threads=1))
     model = AutoModelForCausalLM.from_pretrained(base_model_path)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     perturbed = {k: v + 0.05 * torch.randn_like(v) for k, v in original.items() if k != "lm_head.weight"}

@@ -81,3 +81,15 @@ def test_warm_start_of_a_multi_turn_environment_is_refused_before_anything_start
 def test_config_reference_is_current():
     """docs/configuration.md carries the generated table; regenerate: python scripts/update_config_reference.py."""
     assert config_reference_markdown().strip() in (ROOT / "docs" / "configuration.md").read_text()
+
+
+def test_the_vllm_engine_without_vllm_or_with_a_head_size_it_cannot_run_is_refused_up_front(tmp_path):
+    head = rayrl("config", "experiments/default.toml", "--inference.engine", "vllm", "--model.tiny.num_heads", "8")
+    assert head.returncode == 2 and "head dimension is 16" in head.stderr and "vLLM's CPU attention supports 32" in head.stderr
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:  # the main .venv: verifiers' pins keep vLLM out
+        out = rayrl("train", "experiments/default.toml", "--inference.engine", "vllm", "--output-dir", str(tmp_path / "r"))
+        assert out.returncode == 2, out.stderr
+        assert "needs vLLM, which this Python environment lacks" in out.stderr and "scripts/setup_vllm.sh" in out.stderr
+        assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()

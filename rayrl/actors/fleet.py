@@ -10,9 +10,19 @@ from __future__ import annotations
 import logging
 
 from rayrl.config import Config
+from rayrl.engines.base import EngineSpec
 from rayrl.models.source import ModelSource
 
 log = logging.getLogger(__name__)
+
+
+def engine_spec(cfg: Config) -> EngineSpec:
+    """The engine each replica starts (its model folder is filled in on the replica's node)."""
+    ic = cfg.inference
+    return EngineSpec(
+        engine=ic.engine, model_path="", dtype=cfg.model.dtype, threads=ic.threads, max_batch_size=ic.max_batch_size,
+        max_model_len=cfg.seq_len, seed=cfg.seed, kv_cache_mib=ic.kv_cache_mib,
+    )
 
 
 def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str) -> list:
@@ -26,7 +36,7 @@ def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespac
     return [
         replica_cls.options(
             name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
-        ).remote(model, ic.engine, cfg.model.dtype, ic.threads, ic.max_batch_size, version)
+        ).remote(model, engine_spec(cfg), version)
         for i in range(ic.replicas)
     ]
 

