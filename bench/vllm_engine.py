@@ -21,11 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import matmul_flops_per_s, mfu, non_embedding_params  # noqa: E402
-
-SIZES = {  # name: (TinyModelConfig fields, prompts, samples per prompt, new tokens)
-    "default 1M": (dict(hidden_size=128, num_layers=4), 32, 8, 6),
-    "19M": (dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1024), 16, 8, 32),
-}
+from bench.engine import SIZES  # noqa: E402  (the same two models and batches as bench/engine.py)
 
 
 def main() -> None:
