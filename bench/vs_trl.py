@@ -108,6 +108,19 @@ def run_trl(model_dir: str, new_tokens: int, steps: int, reward_name: str, out: 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.t0)
 
+    class TimedGRPOTrainer(GRPOTrainer):
+        """Times generation and scoring (TRL's ``_generate_and_score_completions``); the rest of a step is the update."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.generate_times: list[float] = []
+
+        def _generate_and_score_completions(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            out = super()._generate_and_score_completions(*args, **kwargs)
+            self.generate_times.append(time.perf_counter() - t0)
+            return out
+
     timer = StepTimer()
     args = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=PROMPTS * GROUP, gradient_accumulation_steps=1,
@@ -116,7 +129,7 @@ def run_trl(model_dir: str, new_tokens: int, steps: int, reward_name: str, out: 
         max_steps=steps, dataloader_num_workers=0, disable_tqdm=True, seed=0,
     )
     torch.set_num_threads(2)
-    trainer = GRPOTrainer(
+    trainer = TimedGRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
         processing_class=AutoTokenizer.from_pretrained(model_dir, padding_side="left"),
         reward_funcs=reward, args=args, train_dataset=dataset, callbacks=[timer],
@@ -128,6 +141,7 @@ def run_trl(model_dir: str, new_tokens: int, steps: int, reward_name: str, out: 
     return {
         "completions_per_s": PROMPTS * GROUP * len(times) / wall, "wall": wall, "steps": len(times),
         "train_tokens": seq_tokens * len(times), "gen_tokens": PROMPTS * GROUP * new_tokens * len(times),
+        "step": statistics.median(times), "generate": statistics.median(trainer.generate_times[WARMUP:]),
     }
 
 
@@ -160,7 +174,8 @@ def main() -> None:
              + " | " + " | ".join(f"{s} / TRL" for s in systems if s != "trl")
              + " | target (best on-policy rayrl) | tied groups rayrl |",
              "|---|---|---|" + "---|" * (2 * len(systems) - 1) + "---|---|"]
-    where = ["", "where a rayrl step's time goes (medians; wait = the whole rollout as the driver sees it):", "",
+    where = ["", ("where a step's time goes (medians; wait = the whole rollout as the driver sees it; TRL: generation"
+                  " and scoring, the rest of its step is the update):"), "",
              "| row | system | step s | wait rollout s | of which generate s | update s | publish s |",
              "|---|---|---|---|---|---|---|"]
     for name, (shape, new_tokens, steps, reward, target) in ROWS.items():
@@ -192,6 +207,8 @@ def main() -> None:
         )
         for system in systems:
             if system == "trl":
+                step, gen = (statistics.mean(x[k] for x in results[system]) for k in ("step", "generate"))
+                where.append(f"| {name} | trl | {step:.3f} | {gen:.3f} | {gen:.3f} | {step - gen:.3f} | - |")
                 continue
             t = {k: statistics.mean(x["times"][k] for x in results[system]) for k in TIMES}
             step = statistics.mean(x["step"] for x in results[system])
