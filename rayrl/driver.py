@@ -20,8 +20,10 @@ from rayrl.actors.fleet import (
 )
 from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
-from rayrl.algorithms import grpo
-from rayrl.algorithms.grpo import Rollout, drop_stale
+from rayrl.algorithms.grpo import (
+    Rollout, build_train_samples, drop_stale, model_tokens, overlong_penalties, rewards_tied, sequence_kl,
+    to_train_sample,
+)
 from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
 from rayrl.data import ExampleSampler, allocate
@@ -40,8 +42,7 @@ from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 log = logging.getLogger("rayrl")
 
 EVAL_SEED_OFFSET = 1_000_003
-# algorithm.name -> how a step's rollout groups become the learner's samples (advantages, tie filter)
-BATCH_BUILDERS = {"grpo": grpo.build_train_samples}
+RESAMPLE_SEED_OFFSET = 7_919  # dynamic sampling draws its extra examples from a stream of its own
 
 # on_eval(step, metrics, checkpoint_dir or None): called after each evaluation (a Tune trial reports there)
 EvalCallback = Callable[[int, dict[str, Any], str | None], None]
@@ -100,11 +101,14 @@ class Trainer:
         self.train_examples = [env.examples("train") for env in self.envs]
         self.eval_examples = [env.examples("eval")[: cfg.eval.num_examples] for env in self.envs]
         self.samplers = [ExampleSampler(len(ex), cfg.seed + i) for i, ex in enumerate(self.train_examples)]
+        # dynamic sampling's extra examples: only drawn inside a step, so their position is exact at a checkpoint
+        self.resamplers = [
+            ExampleSampler(len(ex), cfg.seed + RESAMPLE_SEED_OFFSET + i) for i, ex in enumerate(self.train_examples)
+        ]
         self.step, self.version = 0, 0
         self.pending: deque[PendingStep] = deque()
         self.weight_loads: list = []  # replicas' load_weights calls of the newest version
         self.namespace = self.run_folder.name
-        self.build_samples = BATCH_BUILDERS[cfg.algorithm.name]
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
@@ -130,6 +134,8 @@ class Trainer:
             self.step, self.version = info["step"], info["policy_version"]
             for sampler, state in zip(self.samplers, info["data"]["samplers"]):
                 sampler.load_state_dict(state)
+            for sampler, state in zip(self.resamplers, info["data"].get("resamplers", [])):
+                sampler.load_state_dict(state)
             restore_rng(info["rng"])
             policy = model_source(self.resume_uri)  # a URI, or a folder every node sees
             log.info("resuming from %s (step %d, policy version %d)", self.resume_uri, self.step, self.version)
@@ -144,11 +150,12 @@ class Trainer:
         kill_actors(getattr(self, "replicas", []) + getattr(self, "workers", []))
 
     # ---- one step -----------------------------------------------------------------------------
-    def next_tasks(self) -> list[Task]:
-        counts = allocate(self.cfg.prompts_per_step, [e.weight for e in self.cfg.env])
+    def next_tasks(self, prompts: int | None = None, samplers: list[ExampleSampler] | None = None) -> list[Task]:
+        """The next ``prompts`` (default: a step's) examples, split over the environments by weight."""
+        counts = allocate(prompts or self.cfg.prompts_per_step, [e.weight for e in self.cfg.env])
         tasks = []
         for env_index, count in enumerate(counts):
-            for i in self.samplers[env_index].take(count):
+            for i in (samplers or self.samplers)[env_index].take(count):
                 tasks.append(Task(env_index, self.train_examples[env_index][i], self.cfg.rollouts_per_example))
         return tasks
 
@@ -190,8 +197,13 @@ class Trainer:
         pending = self.pending.popleft()
         groups, t_generate = collect_rollouts(pending.refs)
         t_wait = time.perf_counter() - start
-        groups, staleness = drop_stale(groups, self.version, self.cfg.algorithm.max_off_policy_steps)
-        samples, stats = self.build_samples(groups, self.cfg.algorithm.std_normalize)
+        a = self.cfg.algorithm
+        groups, staleness = drop_stale(groups, self.version, a.max_off_policy_steps)
+        shaped, shaping = self.shaped_rewards(groups)
+        if a.dynamic_sampling:
+            groups, shaped, resampling = self.resample_tied_groups(groups, shaped, pending.step)
+            shaping.update(resampling)
+        samples, stats = build_train_samples(groups, a.std_normalize, shaped)
         t0 = time.perf_counter()
         update: dict[str, Any] = {}
         if samples:  # every group tied: no gradient at all this step, the policy stays as it is
@@ -208,13 +220,70 @@ class Trainer:
         self.step = pending.step
         elapsed = time.perf_counter() - start
         metrics = {
-            "step": self.step, "policy_version": self.version, **stats, **staleness, **update,
+            "step": self.step, "policy_version": self.version, **stats, **staleness, **shaping, **update,
             "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
             "time/wait_rollout_s": t_wait, "time/generate_s": t_generate,
             "time/update_s": t_update, "time/publish_s": t_publish,
         }
         metrics.update(per_env_rewards(groups, self.cfg, prefix="reward/"))
         return metrics
+
+    def shaped_rewards(self, groups: list[list[Rollout]]) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Each group's rewards as the advantages see them: the environment's, minus DAPO's overlong
+        penalty (``algorithm.overlong_buffer``) and, with ``algorithm.kl_in = "reward"``, ``kl_coef`` times
+        each sequence's KL to the reference. Also the penalties' statistics."""
+        a, stats = self.cfg.algorithm, {}
+        shaped = [np.array([r.reward for r in g], dtype=np.float64) for g in groups]
+        flat = [r for g in groups for r in g]
+        if not flat:
+            return shaped, stats
+        penalty = np.zeros(len(flat))
+        if a.overlong_buffer:
+            lengths = np.array([model_tokens(r) for r in flat])
+            limits = np.array([self.cfg.sampling.max_tokens * r.turns for r in flat])
+            over = overlong_penalties(lengths, limits, a.overlong_buffer, a.overlong_penalty)
+            penalty += over
+            stats["overlong_penalty_mean"] = float(-over.mean())
+        if a.kl_coef and a.kl_in == "reward":
+            samples = [to_train_sample(r, 0.0) for r in flat]
+            ref = self.learners.reference_logprobs(samples)
+            kl = np.array([sequence_kl(s.old_logprobs, lp, s.loss_mask, a.kl_estimator) for s, lp in zip(samples, ref)])
+            penalty -= a.kl_coef * kl
+            stats["kl_ref"] = float(kl.sum() / max(1, sum(s.loss_tokens() for s in samples)))
+        offsets = np.cumsum([0] + [len(g) for g in groups])
+        return [rewards + penalty[offsets[i] : offsets[i + 1]] for i, rewards in enumerate(shaped)], stats
+
+    def resample_tied_groups(
+        self, groups: list[list[Rollout]], shaped: list[np.ndarray], step: int
+    ) -> tuple[list[list[Rollout]], list[np.ndarray], dict[str, float]]:
+        """DAPO's dynamic sampling: while fewer groups than a step's prompts carry signal (rewards not all
+        tied), roll out that many new examples (from a stream of their own) with the current policy, up to
+        ``algorithm.max_resample_rounds`` rounds. Keeps the step's tied groups (they count in the reward
+        statistics, not in the loss) and at most a step's worth of informative ones."""
+        target = self.cfg.prompts_per_step
+        informative = sum(not rewards_tied(r) for r in shaped)
+        rounds = extra = 0
+        while informative < target and rounds < self.cfg.algorithm.max_resample_rounds:
+            rounds += 1
+            tasks = self.next_tasks(target - informative, self.resamplers)
+            new, _ = collect_rollouts(submit_rollouts(self.workers, tasks, self.sampling(), step, round_=rounds))
+            new, _ = drop_stale(new, self.version, self.cfg.algorithm.max_off_policy_steps)
+            new_shaped, _ = self.shaped_rewards(new)
+            groups, shaped = groups + new, shaped + new_shaped
+            extra += len(new)
+            informative += sum(not rewards_tied(r) for r in new_shaped)
+        keep, kept_informative = [], 0
+        for i, rewards in enumerate(shaped):
+            if rewards_tied(rewards):
+                keep.append(i)
+            elif kept_informative < target:
+                keep.append(i)
+                kept_informative += 1
+        return [groups[i] for i in keep], [shaped[i] for i in keep], {
+            "dynamic_sampling/rounds": rounds, "dynamic_sampling/extra_groups": extra,
+            "dynamic_sampling/informative_groups": kept_informative,
+            "dynamic_sampling/discarded_groups": len(groups) - len(keep),
+        }
 
     def evaluate(self) -> dict[str, float]:
         """Held-out evaluation of the newest policy: ``eval.num_examples`` per environment, one sample each."""
@@ -233,7 +302,8 @@ class Trainer:
         files = self.learners.save(target)
         info = {
             "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
-            "rng": capture_rng(), "data": {"samplers": self.data_position()},
+            "rng": capture_rng(),
+            "data": {"samplers": self.data_position(), "resamplers": [r.state_dict() for r in self.resamplers]},
             "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"), "files": files,
         }
         uri = self.store.commit(target, self.step, info)

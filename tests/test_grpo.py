@@ -7,10 +7,24 @@ import pytest
 import torch
 
 from rayrl.algorithms.grpo import (
-    Rollout, TrainSample, build_train_samples, clipped_policy_loss, collate, drop_stale, group_advantages,
-    loss_normalizer, rewards_tied, shard_evenly,
+    Rollout, TrainSample, build_train_samples, collate, drop_stale, group_advantages, rewards_tied,
+    set_loss_weights, shard_evenly,
 )
+from rayrl.algorithms.losses import policy_gradient_loss
 from rayrl.algorithms.sampling import token_logprobs
+
+
+def clipped_policy_loss(new, old, adv, mask, clip_low, clip_high, normalizer):
+    """The token-level clipped loss with every token weighted 1 / normalizer (the token mean)."""
+    weights = torch.full((len(adv),), 1.0 / normalizer)
+    return policy_gradient_loss(new, old, adv, mask, weights, clip_low=clip_low, clip_high=clip_high)
+
+
+def loss_normalizer(samples):
+    """The token mean's denominator, read back from the weights set_loss_weights gives (1 / trained tokens)."""
+    weights = {s.weight for s in set_loss_weights(samples, "token_mean", max_tokens=8) if s.weight}
+    assert len(weights) == 1
+    return round(1.0 / weights.pop())
 
 
 def rollout(reward: float, version: int = 0, completion=(5, 6), mask=None, group: int = 0) -> Rollout:
@@ -121,6 +135,7 @@ def test_collate_aligns_loss_positions_with_the_completion_tokens():
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0], [1, 2, 7, 8, 9, 6]]
     # position t predicts token t + 1: a's completion (4, 5) is predicted at positions 2 and 3
     assert batch["loss_mask"].tolist() == [[0, 0, 1, 1, 0], [0, 1, 0, 0, 1]]
+    assert batch["weights"].tolist() == [1.0, 1.0]
     assert batch["old_logprobs"][0].tolist() == pytest.approx([0, 0, -0.1, -0.2, 0])
     assert loss_normalizer([a, b]) == 4
 
@@ -130,7 +145,8 @@ def test_shards_have_equal_counts_padded_with_zero_weight_samples():
     shards = shard_evenly(samples, 2)
     assert [len(s) for s in shards] == [3, 3]
     assert [s.advantage for s in shards[0]] == [0, 2, 4] and shards[1][-1].weight == 0.0
-    assert loss_normalizer([s for shard in shards for s in shard]) == loss_normalizer(samples) == 5
+    assert collate(shards[1], pad_id=0)["loss_mask"][-1].sum() == 0  # padding trains on nothing
+    assert loss_normalizer(samples) == 5
 
 
 def test_multi_turn_rollouts_mask_environment_tokens_single_turn_ones_carry_no_mask():

@@ -57,21 +57,22 @@ def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list,
     ]
 
 
-def step_seed(seed: int, step: int, worker: int) -> int:
-    """Sampling seed of one worker's requests at one step: fixed by (seed, step), so resumes repeat it."""
-    return (seed * 1_000_003 + step * 7_919 + worker * 131) % (2**62)
+def step_seed(seed: int, step: int, worker: int, round_: int = 0) -> int:
+    """Sampling seed of one worker's requests at one step (and dynamic-sampling round): fixed by (seed,
+    step, round), so resumes repeat it."""
+    return (seed * 1_000_003 + step * 7_919 + worker * 131 + round_ * 104_729) % (2**62)
 
 
-def submit_rollouts(workers: list, tasks: list, params, step: int) -> list:
+def submit_rollouts(workers: list, tasks: list, params, step: int, round_: int = 0) -> list:
     """Spread ``tasks`` over ``workers`` in contiguous chunks without waiting; returns the object refs.
-    Worker i samples with seed ``step_seed(params.seed, step, i)``."""
+    Worker i samples with seed ``step_seed(params.seed, step, i, round_)``."""
     from dataclasses import replace
 
     from rayrl.actors.rollout import split_contiguous
 
     chunks = split_contiguous(tasks, len(workers))
     return [
-        w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i)))
+        w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i, round_)))
         for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
     ]
 

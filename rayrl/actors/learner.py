@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
-from rayrl.algorithms.grpo import TrainSample, collate, loss_normalizer, policy_loss, shard_evenly, sum_stats
+import numpy as np
+
+from rayrl.algorithms.grpo import (
+    LossSettings, TrainSample, collate, policy_loss, sequence_logits, set_loss_weights, shard_evenly, sum_stats,
+)
+from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
 from rayrl.models.source import ModelSource, local_model_dir
@@ -46,22 +51,30 @@ class Learner:
     def setup(self, master: tuple[str, int] | None, model: ModelSource | str,
               resume: ModelSource | str | None = None) -> None:  # fmt: skip
         """Load the model (sharded with FSDP2 across ranks when distributed), build optimizer and scheduler;
-        from checkpoint ``resume`` (weights, optimizer, scheduler) when given."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from checkpoint ``resume`` (weights, optimizer, scheduler) when given. With a KL penalty
+        (``algorithm.kl_coef``) the base ``model`` is also loaded, frozen, as the reference (sharded like the
+        policy, so each rank holds 1/L of it)."""
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        base_dir = local_model_dir(model)
         resume_dir = local_model_dir(resume) if resume is not None else None
-        source = resume_dir or local_model_dir(model)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, self.cfg.model.dtype))
+        source = resume_dir or base_dir
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        model.to(self.device).train()
-        if self.distributed:
-            self._shard(model, master)
-        self.model = model
+        mesh = self._init_group(master) if self.distributed else None
+        self.model = self._load(source, mesh).train()
+        self.reference = None
+        if self.cfg.algorithm.kl_coef > 0:
+            self.reference = self._load(base_dir, mesh).eval().requires_grad_(False)
+        self.loss_settings = LossSettings.from_config(
+            self.cfg.algorithm, self.cfg.sampling.temperature, self.cfg.sampling.top_p
+        )
         o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
         warmup = o.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
@@ -69,10 +82,24 @@ class Learner:
         if resume_dir:
             self._load_training_state(Path(resume_dir))
 
-    def _shard(self, model: torch.nn.Module, master: tuple[str, int] | None) -> None:
+    def _load(self, directory: str, mesh) -> torch.nn.Module:
+        """A causal LM from ``directory`` on this rank's device, sharded over ``mesh`` (FSDP2) if given."""
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, self.cfg.model.dtype))
+        model.to(self.device)
+        if mesh is not None:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        return model
+
+    def _init_group(self, master: tuple[str, int] | None):
+        """Join the learners' process group (gloo on CPU, NCCL on GPU); the device mesh over its ranks."""
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
 
         if master is None:
             raise ValueError("a distributed learner needs the master address of its group")
@@ -80,15 +107,11 @@ class Learner:
         dist.init_process_group(
             backend, init_method=f"tcp://{master[0]}:{master[1]}", rank=self.rank, world_size=self.world_size
         )
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
-        for layer in model.model.layers:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        return init_device_mesh(self.device.type, (self.world_size,))
 
     # ---- training -------------------------------------------------------------------------
-    def update(self, samples: list[TrainSample], normalizer: float) -> dict[str, float]:
-        """One optimizer step over this rank's samples; ``normalizer`` = trained tokens of the whole batch."""
-        a, s = self.cfg.algorithm, self.cfg.sampling
+    def update(self, samples: list[TrainSample]) -> dict[str, float]:
+        """One optimizer step over this rank's samples, weighted for the whole batch (``set_loss_weights``)."""
         mbs = self.cfg.learner.micro_batch_size
         micro_batches = [samples[i : i + mbs] for i in range(0, len(samples), mbs)]
         stats = []
@@ -96,10 +119,8 @@ class Learner:
             if self.distributed:  # reduce gradients across ranks once, after the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             batch = {k: v.to(self.device) for k, v in collate(micro, self.pad_id).items()}
-            loss, micro_stats = policy_loss(
-                self.model, batch, temperature=s.temperature, top_p=s.top_p,
-                clip_low=a.clip_low, clip_high=a.clip_high, normalizer=normalizer,
-            )
+            reference = self.reference if self.loss_settings.kl_coef else None  # kl_in = "reward": the driver's
+            loss, micro_stats = policy_loss(self.model, batch, self.loss_settings, reference)
             # FSDP averages gradients over ranks; scale so the result is the sum over the whole batch.
             (loss * self.world_size).backward()
             stats.append({"loss": loss.detach(), **micro_stats})
@@ -110,6 +131,19 @@ class Learner:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {**sum_stats(stats), "grad_norm": float(grad_norm), "lr": lr}
+
+    @torch.no_grad()
+    def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
+        """The reference model's log-probs of each sample's completion tokens at the sampling temperature
+        (``algorithm.kl_in = "reward"``). Collective: every rank forwards the same number of micro-batches."""
+        mbs, out = self.cfg.learner.micro_batch_size, []
+        for start in range(0, len(samples), mbs):
+            micro = samples[start : start + mbs]
+            ids = collate(micro, self.pad_id)["input_ids"].to(self.device)
+            logprobs = token_logprobs(sequence_logits(self.reference, ids), ids[:, 1:], self.cfg.sampling.temperature)
+            logprobs = logprobs.float().cpu().numpy()
+            out.extend(logprobs[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
+        return out
 
     # ---- weights --------------------------------------------------------------------------
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -204,6 +238,7 @@ class LearnerGroup:
     """
 
     def __init__(self, cfg: Config, model: ModelSource | str, namespace: str, resume: ModelSource | str | None = None):
+        self.cfg = cfg
         self.local: Learner | None = None
         self.actors: list = []
         self.placement_group, self.owns_placement_group = None, False
@@ -258,23 +293,39 @@ class LearnerGroup:
     def world_size(self) -> int:
         return 1 if self.local is not None else len(self.actors)
 
-    def update(self, samples: list[TrainSample]) -> dict[str, float]:
-        """Shard ``samples`` over the ranks (equal counts, padded), step, and merge the ranks' stats."""
+    def _shards(self, samples: list[TrainSample]) -> list:
+        """``samples`` over the ranks (equal counts, padded); object-store refs when the ranks are actors."""
         shards = shard_evenly(samples, self.world_size)
         if self.local is None:
             import ray
 
             shards = [ray.put(shard) for shard in shards]  # slices travel through the object store
-        results = self._call("update", loss_normalizer(samples), per_rank=shards)
-        merged = sum_stats([{k: r[k] for k in ("loss", "clipped", "mismatch_kl", "tokens")} for r in results])
+        return shards
+
+    def update(self, samples: list[TrainSample]) -> dict[str, float]:
+        """Weight ``samples`` for the batch's loss (``algorithm.loss_aggregation``), shard them over the ranks,
+        step, and merge the ranks' stats."""
+        set_loss_weights(samples, self.cfg.algorithm.loss_aggregation, self.cfg.sampling.max_tokens)
+        results = self._call("update", per_rank=self._shards(samples))
+        keys = ("loss", "clipped", "mismatch_kl", "tokens", "kl_ref")
+        merged = sum_stats([{k: r[k] for k in keys if k in r} for r in results])
         tokens = max(merged["tokens"], 1.0)
-        return {
+        out = {
             "loss": merged["loss"],
             "clip_fraction": merged["clipped"] / tokens,
             "mismatch_kl": merged["mismatch_kl"] / tokens,
             "grad_norm": results[0]["grad_norm"],
             "lr": results[0]["lr"],
         }
+        if "kl_ref" in merged:
+            out["kl_ref"] = merged["kl_ref"] / tokens
+        return out
+
+    def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
+        """The reference's log-probs of each sample's completion tokens, in the order of ``samples``."""
+        per_rank = self._call("reference_logprobs", per_rank=self._shards(samples))
+        # shard_evenly deals round-robin: sample i went to rank i % W, at position i // W
+        return [per_rank[i % self.world_size][i // self.world_size] for i in range(len(samples))]
 
     def publish_weights(self, version: int):
         """The new weights for the replicas: an ObjectRef, put once. In local mode the bundle is put from

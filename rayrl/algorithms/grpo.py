@@ -1,14 +1,18 @@
-"""One GRPO step, top to bottom, as Ray-free functions.
+"""One step of the GRPO family (GRPO, Dr.GRPO, DAPO, GSPO), top to bottom, as Ray-free functions.
 
     rollouts (groups of one prompt's completions)
       1. drop_stale            samples more than k policy versions behind the learner are dropped
-      2. build_train_samples   group-relative advantages; tied groups (no signal) are dropped
-      3. loss_normalizer       the batch's trained tokens: every rank divides by the same number
-      4. shard_evenly          equal sample counts per learner rank (zero-weight padding)
-      5. collate               right-padded tensors; loss positions = the model's completion tokens
-      6. policy_loss           forward pass, log-probs under the sampling distribution, clipped loss
+      2. shaped rewards        the environment's reward minus DAPO's overlong penalty and, with
+                               algorithm.kl_in = "reward", the KL to the reference (overlong_penalties,
+                               sequence_kl)
+      3. build_train_samples   group-relative advantages; tied groups (no signal) are dropped
+      4. set_loss_weights      each sequence's per-token weight (token mean, sequence mean, Dr.GRPO's constant)
+      5. shard_evenly          equal sample counts per learner rank (zero-weight padding)
+      6. collate               right-padded tensors; loss positions = the model's completion tokens
+      7. policy_loss           forward pass, log-probs under the sampling distribution, the algorithm's
+                               loss (``rayrl.algorithms.losses``)
 
-The driver runs 1-4, each learner rank 5-6 per micro-batch. Nothing here imports Ray: the step runs
+The driver runs 1-5, each learner rank 6-7 per micro-batch. Nothing here imports Ray: the step runs
 in process with ``learner.workers = 0`` and every piece is tested on hand-computed values.
 """
 
@@ -21,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from rayrl.algorithms.losses import aggregation_weights, kl_estimate, policy_gradient_loss
 from rayrl.algorithms.sampling import token_logprobs
+from rayrl.config import AlgorithmConfig
 
 
 @dataclass
@@ -52,7 +58,9 @@ class TrainSample:
     completion_start: int  # index of the first completion token in token_ids
     old_logprobs: np.ndarray  # behaviour log-probs of the completion tokens, float32 [T - completion_start]
     advantage: float
-    weight: float = 1.0  # 0 for padding samples that only keep the ranks in step
+    # per-token loss weight (set_loss_weights: how the batch's token losses add up); 0 for padding samples
+    # that only keep the ranks in step
+    weight: float = 1.0
     # 1 where the completion token is the model's (trained on), 0 where an environment wrote it
     # (multi-turn); None = every completion token is the model's.
     loss_mask: np.ndarray | None = None
@@ -109,19 +117,21 @@ def group_advantages(rewards: np.ndarray, std_normalize: bool = False, eps: floa
 
 
 def build_train_samples(
-    groups: list[list[Rollout]], std_normalize: bool = False
+    groups: list[list[Rollout]], std_normalize: bool = False, shaped: list[np.ndarray] | None = None
 ) -> tuple[list[TrainSample], dict[str, float]]:
     """Group-relative advantages over each group's samples; tied groups carry no signal and are dropped.
 
-    Returns the samples to train on and the batch's statistics (over every given rollout)."""
+    ``shaped`` (one array per group) replaces the rewards the advantages and the tie test use (penalties
+    added); the statistics report the environment's rewards. Returns the samples to train on and the
+    batch's statistics (over every given rollout)."""
     flat = [r for g in groups for r in g]
     if not flat:  # every sample was too stale: nothing to learn from this step
         return [], {"reward_mean": math.nan, "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0,
                     "train_tokens": 0}
     samples: list[TrainSample] = []
     tied = 0
-    for group in groups:
-        rewards = np.array([r.reward for r in group], dtype=np.float64)
+    for g, group in enumerate(groups):
+        rewards = np.array([r.reward for r in group], dtype=np.float64) if shaped is None else shaped[g]
         if rewards_tied(rewards):
             tied += 1
             continue
@@ -143,6 +153,32 @@ def build_train_samples(
     }
 
 
+def model_tokens(rollout: Rollout) -> int:
+    """How many completion tokens the model wrote (environment tokens of multi-turn episodes excluded)."""
+    mask = rollout.completion_mask
+    return len(rollout.completion_ids) if mask is None else int(sum(mask))
+
+
+def overlong_penalties(lengths: np.ndarray, max_tokens: np.ndarray, buffer: int, penalty: float) -> np.ndarray:
+    """DAPO's soft overlong punishment of completions of ``lengths`` model tokens against ``max_tokens``
+    (same shape): 0 up to ``max_tokens - buffer``, then linear down to ``-penalty`` at ``max_tokens`` and
+    beyond. ``buffer`` 0 turns it off."""
+    lengths, max_tokens = np.asarray(lengths, dtype=np.float64), np.asarray(max_tokens, dtype=np.float64)
+    if buffer <= 0:
+        return np.zeros_like(lengths)
+    over = np.clip(lengths - (max_tokens - buffer), 0.0, float(buffer))
+    return -penalty * over / buffer
+
+
+def sequence_kl(sampler_logprobs: np.ndarray, ref_logprobs: np.ndarray, mask: np.ndarray | None,
+                estimator: str) -> float:  # fmt: skip
+    """KL of one sequence to the reference, summed over its model tokens, from the sampler's log-probs
+    (``kl_estimate``); the penalty of ``algorithm.kl_in = "reward"``."""
+    kl = kl_estimate(torch.from_numpy(np.asarray(sampler_logprobs, np.float64)),
+                     torch.from_numpy(np.asarray(ref_logprobs, np.float64)), estimator).numpy()
+    return float(np.sum(kl if mask is None else kl * np.asarray(mask)))
+
+
 def to_train_sample(rollout: Rollout, advantage: float) -> TrainSample:
     """The learner's view of a rollout. Single-turn rollouts carry no loss mask (all tokens are the
     model's, the common case costs nothing); multi-turn ones mask the environment's tokens out."""
@@ -156,11 +192,13 @@ def to_train_sample(rollout: Rollout, advantage: float) -> TrainSample:
     )
 
 
-# ---- 3. normaliser, 4. shards --------------------------------------------------------------------
-def loss_normalizer(samples: list[TrainSample]) -> float:
-    """The batch's trained tokens (at least 1): each rank's loss is its token sum divided by this, so
-    the ranks' gradients add up to the token mean over the whole batch."""
-    return max(1.0, float(sum(s.weight * s.loss_tokens() for s in samples)))
+# ---- 4. loss weights, 5. shards ------------------------------------------------------------------
+def set_loss_weights(samples: list[TrainSample], aggregation: str, max_tokens: int) -> list[TrainSample]:
+    """Give each sample its per-token loss weight (``losses.aggregation_weights``) over the whole batch,
+    before sharding: each rank's loss is then its weighted token sum, and the ranks' sum is the batch's loss."""
+    for sample, weight in zip(samples, aggregation_weights([s.loss_tokens() for s in samples], aggregation, max_tokens)):
+        sample.weight = weight
+    return samples
 
 
 def padding_sample() -> TrainSample:
@@ -178,10 +216,11 @@ def shard_evenly(samples: list[TrainSample], world_size: int) -> list[list[Train
     return [s + [padding_sample() for _ in range(per_rank - len(s))] for s in shards]
 
 
-# ---- 5. collate ----------------------------------------------------------------------------------
+# ---- 6. collate ----------------------------------------------------------------------------------
 def collate(samples: list[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad samples into tensors [B, W]; ``loss_mask``, ``old_logprobs`` are [B, W - 1], aligned
-    with the targets ``input_ids[:, 1:]`` (position t predicts token t + 1); ``advantages`` [B]."""
+    """Right-pad samples into tensors [B, W]; ``loss_mask`` (1 at the model's tokens of samples with a
+    weight), ``old_logprobs`` are [B, W - 1], aligned with the targets ``input_ids[:, 1:]`` (position t
+    predicts token t + 1); ``advantages``, ``weights`` [B]."""
     width = max(len(s.token_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width - 1))
@@ -189,69 +228,71 @@ def collate(samples: list[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
     for row, s in enumerate(samples):
         n = len(s.token_ids)
         ids[row, :n] = torch.tensor(s.token_ids)  # copy: object-store arrays are read-only
-        mask[row, s.completion_start - 1 : n - 1] = (
-            s.weight if s.loss_mask is None else s.weight * torch.from_numpy(np.asarray(s.loss_mask, np.float32))
-        )
+        if s.weight:
+            mask[row, s.completion_start - 1 : n - 1] = (
+                1.0 if s.loss_mask is None else torch.from_numpy(np.asarray(s.loss_mask, np.float32))
+            )
         old[row, s.completion_start - 1 : n - 1] = torch.tensor(s.old_logprobs)
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return {"input_ids": ids, "loss_mask": mask, "old_logprobs": old, "advantages": adv}
+    weights = torch.tensor([s.weight for s in samples], dtype=torch.float64)
+    return {"input_ids": ids, "loss_mask": mask, "old_logprobs": old, "advantages": adv, "weights": weights}
 
 
-# ---- 6. loss -------------------------------------------------------------------------------------
-def clipped_policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-    normalizer: float,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-style clipped surrogate summed over masked tokens and divided by ``normalizer``.
+# ---- 7. loss -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossSettings:
+    """What the learner's loss needs of ``[algorithm]`` and ``[sampling]``."""
 
-    Shapes: ``logprobs``, ``old_logprobs`` (behaviour policy), ``mask`` [B, T]; ``advantages`` [B]
-    (one per sequence, broadcast over its tokens). Returns the loss and token-summed statistics
-    (``clipped``, ``mismatch_kl``, ``tokens``) for logging.
-    """
-    mask = mask.to(logprobs.dtype)
-    log_ratio = logprobs - old_logprobs
-    ratio = torch.exp(log_ratio)
-    adv = advantages.unsqueeze(-1)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
-    per_token = -torch.minimum(unclipped, clipped)
-    loss = (per_token * mask).sum() / normalizer
-    with torch.no_grad():
-        stats = {
-            "clipped": ((clipped < unclipped).to(mask.dtype) * mask).sum(),
-            # k3 estimator of KL(behaviour || current) from behaviour samples: r - 1 - log r >= 0.
-            "mismatch_kl": ((ratio - 1 - log_ratio) * mask).sum(),
-            "tokens": mask.sum(),
-        }
-    return loss, stats
+    clip_low: float
+    clip_high: float
+    temperature: float = 1.0
+    top_p: float = 1.0
+    sequence_ratio: bool = False  # GSPO
+    tis_cap: float | None = None
+    kl_coef: float = 0.0  # in the loss; 0 when the KL goes into the reward
+    kl_estimator: str = "k3"
+
+    @classmethod
+    def from_config(cls, algorithm: AlgorithmConfig, temperature: float, top_p: float) -> LossSettings:
+        return cls(
+            clip_low=algorithm.clip_low, clip_high=algorithm.clip_high, temperature=temperature, top_p=top_p,
+            sequence_ratio=algorithm.name == "gspo", tis_cap=algorithm.tis_cap,
+            kl_coef=algorithm.kl_coef if algorithm.kl_in == "loss" else 0.0, kl_estimator=algorithm.kl_estimator,
+        )
+
+
+def sequence_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T - 1, V] predicting ``ids[:, 1:]`` for right-padded ``ids`` [B, T]."""
+    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    # Right padding and causal attention: real tokens never see the padding, so no mask is needed.
+    return model(input_ids=ids, position_ids=positions).logits[:, :-1]
 
 
 def policy_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    *,
-    temperature: float,
-    top_p: float,
-    clip_low: float,
-    clip_high: float,
-    normalizer: float,
+    settings: LossSettings,
+    reference: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward ``batch`` (from :func:`collate`) through the causal LM ``model`` and return the clipped
-    policy loss, the completion tokens scored under the sampling distribution the engine drew them
-    from (same temperature and nucleus), so on-policy ratios start at 1."""
+    """Forward ``batch`` (from :func:`collate`) through the causal LM ``model`` and return the algorithm's
+    loss. The completion tokens are scored under the sampling distribution the engine drew them from (same
+    temperature and nucleus), so on-policy ratios start at 1. With a ``reference`` model the KL to it is
+    computed at the sampling temperature over the whole vocabulary, reported, and added with ``kl_coef``."""
     ids = batch["input_ids"]
-    positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    # Right padding and causal attention: real tokens never see the padding, so no mask is needed.
-    logits = model(input_ids=ids, position_ids=positions).logits[:, :-1]
+    targets = ids[:, 1:]
+    logits = sequence_logits(model, ids)
     # every target is kept inside the nucleus (token_logprobs), so no position's log-prob is -inf
-    logprobs = token_logprobs(logits, ids[:, 1:], temperature, top_p)
-    return clipped_policy_loss(
-        logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], clip_low, clip_high, normalizer
+    logprobs = token_logprobs(logits, targets, settings.temperature, settings.top_p)
+    kl_logprobs = ref_logprobs = None
+    if reference is not None:
+        with torch.no_grad():
+            ref_logprobs = token_logprobs(sequence_logits(reference, ids), targets, settings.temperature)
+        kl_logprobs = logprobs if settings.top_p >= 1.0 else token_logprobs(logits, targets, settings.temperature)
+    return policy_gradient_loss(
+        logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], batch["weights"],
+        clip_low=settings.clip_low, clip_high=settings.clip_high, sequence_ratio=settings.sequence_ratio,
+        tis_cap=settings.tis_cap, kl_coef=settings.kl_coef, kl_logprobs=kl_logprobs, ref_logprobs=ref_logprobs,
+        kl_estimator=settings.kl_estimator,
     )
 
 

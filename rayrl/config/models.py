@@ -92,12 +92,84 @@ class OptimConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps (then constant).")
 
 
+# algorithm.name -> the defaults of the fields it leaves unset (None). Each row is the published recipe:
+# GRPO as rayrl ran it before the family existed (token-mean, no std), Dr.GRPO (Liu et al. 2025: no std,
+# no length normalisation), DAPO (Yu et al. 2025: clip-higher, token-level, dynamic sampling), GSPO (Zheng
+# et al. 2025: sequence-level ratio, clip ranges of 3e-4 / 4e-4).
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "grpo": {"clip_low": 0.2, "clip_high": 0.2, "std_normalize": False, "loss_aggregation": "token_mean",
+             "dynamic_sampling": False},
+    "dr_grpo": {"clip_low": 0.2, "clip_high": 0.2, "std_normalize": False,
+                "loss_aggregation": "seq_mean_token_sum_norm", "dynamic_sampling": False},
+    "dapo": {"clip_low": 0.2, "clip_high": 0.28, "std_normalize": True, "loss_aggregation": "token_mean",
+             "dynamic_sampling": True},
+    "gspo": {"clip_low": 3e-4, "clip_high": 4e-4, "std_normalize": True, "loss_aggregation": "seq_mean_token_mean",
+             "dynamic_sampling": False},
+}
+
+
 class AlgorithmConfig(Section):
-    name: Literal["grpo"] = Field("grpo", description="RL algorithm.")
-    clip_low: float = Field(0.2, ge=0, description="Lower clip of the importance ratio: 1 - clip_low.")
-    clip_high: float = Field(0.2, ge=0, description="Upper clip of the importance ratio: 1 + clip_high.")
-    std_normalize: bool = Field(False, description="Divide group-relative advantages by the group's std.")
+    """The policy-gradient family. Fields left unset take ``algorithm.name``'s published defaults
+    (``ALGORITHM_DEFAULTS``); a setting that contradicts the algorithm's definition is refused."""
+
+    name: Literal["grpo", "dr_grpo", "dapo", "gspo"] = Field(
+        "grpo", description="RL algorithm: grpo, dr_grpo (no std or length normalisation), dapo (clip-higher, "
+        "token-level loss, dynamic sampling), gspo (sequence-level importance ratio). Sets the defaults below.",
+    )
+    clip_low: float | None = Field(
+        None, ge=0, description="Lower clip of the importance ratio: 1 - clip_low. Default 0.2 (gspo 3e-4)."
+    )
+    clip_high: float | None = Field(
+        None, ge=0, description="Upper clip of the importance ratio: 1 + clip_high. Default 0.2 (dapo 0.28, gspo 4e-4)."
+    )
+    std_normalize: bool | None = Field(
+        None, description="Divide group-relative advantages by the group's std. Default false for grpo and "
+        "dr_grpo (which forbids it), true for dapo and gspo.",
+    )
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = Field(
+        None, description="How token losses add up: token_mean (over the batch's tokens; grpo, dapo), "
+        "seq_mean_token_mean (each sequence's mean, then the mean over sequences; gspo), seq_mean_token_sum_norm "
+        "(token sums over sequences x sampling.max_tokens, a constant; dr_grpo).",
+    )
+    dynamic_sampling: bool | None = Field(
+        None, description="Replace groups whose rewards tie by rollouts of new examples, up to "
+        "max_resample_rounds rounds a step (default true for dapo).",
+    )
+    max_resample_rounds: int = Field(
+        3, ge=1, description="Dynamic sampling: at most this many extra rollout rounds a step; a step that "
+        "still lacks informative groups trains on those it has.",
+    )
+    overlong_buffer: int = Field(
+        0, ge=0, description="DAPO's soft overlong penalty: completions longer than max_tokens - overlong_buffer "
+        "model tokens lose up to overlong_penalty linearly, reaching it at max_tokens (0 = off).",
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Largest overlong penalty subtracted from a reward.")
+    tis_cap: float | None = Field(
+        None, gt=0, description="Truncated importance sampling: weight each token by min(pi_learner / "
+        "pi_sampler, tis_cap) (the learner's probability before the update against the replica's), instead of "
+        "clipping the ratio to the sampler. Corrects inference/learner drift (vLLM) and staleness. Unset = off.",
+    )
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty to the frozen reference (the run's base model); 0 = off.")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k3", description="KL estimator per token: k1 = log pi - log pi_ref, k3 = r - 1 - log r with r = pi_ref / pi."
+    )
+    kl_in: Literal["loss", "reward"] = Field(
+        "loss", description="Where the KL penalty goes: in the loss (per token, with gradient) or subtracted from "
+        "each sequence's reward before advantages (summed over its tokens, from the sampler's log-probs).",
+    )
     max_off_policy_steps: int = Field(0, ge=0, description="Bounded staleness k (0 = synchronous).")
+
+    @model_validator(mode="after")
+    def _fill_algorithm_defaults(self) -> AlgorithmConfig:
+        if self.name == "dr_grpo" and self.std_normalize:
+            raise ValueError(
+                "algorithm.std_normalize = true contradicts dr_grpo (no std normalisation by definition): "
+                "remove it, or use name = 'grpo'"
+            )
+        for key, value in ALGORITHM_DEFAULTS[self.name].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)  # no re-validation loop through validate_assignment
+        return self
 
 
 class SamplingConfig(Section):
