@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lineage": ("rayrl.commands.lineage", "print the history of champions and promotion decisions"),
     "archive": ("rayrl.commands.archive", "copy a run folder to a storage URI (local, file://, s3://, gs://)"),
     "restore": ("rayrl.commands.restore", "copy a run folder back from a storage URI"),
+    "export": ("rayrl.commands.export", "write a checkpoint as a Hugging Face model folder (adapter merged)"),
 }
 
 

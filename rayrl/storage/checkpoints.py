@@ -43,6 +43,19 @@ STAGING_PREFIXES = (".tmp-step_", ".old-step_")
 log = logging.getLogger(__name__)
 
 
+def verify_folder(folder: Path, manifest: dict[str, dict], name: str) -> None:
+    """Check the files of a local checkpoint ``folder`` against ``manifest`` (name -> size and sha256, as
+    ``training_info.json`` records them); raises CheckpointError naming what is missing or differs."""
+    missing = [f for f in manifest if not (folder / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{name}: {', '.join(missing)} missing (an incomplete or damaged checkpoint)")
+    actual = file_entries(folder, list(manifest))
+    wrong = [f for f, entry in manifest.items() if actual[f] != entry]
+    if wrong:
+        raise CheckpointError(f"{name}: {', '.join(wrong)} differ from the checksums recorded when it was saved "
+                              "(the files changed or are damaged)")
+
+
 class CheckpointStore:
     def __init__(self, root: str | Path, keep: int = 0):
         self.root: Location = open_location(str(root))
@@ -129,14 +142,8 @@ class CheckpointStore:
     def verify(self, step: int) -> None:
         """Check every file of a local checkpoint against the sizes and sha256 sums its manifest records
         (a remote checkpoint is checked by whoever downloads it). Raises CheckpointError naming the file."""
-        manifest = self.read_info(step).get("files") or {}
-        if not self.root.is_local or not manifest:
-            return
-        actual = file_entries(self.path(step), list(manifest))
-        wrong = [name for name, entry in manifest.items() if actual[name] != entry]
-        if wrong:
-            raise CheckpointError(f"{self.uri_of(step)}: {', '.join(wrong)} differ from the checksums recorded when "
-                                  "it was saved (the files changed or are damaged)")
+        if self.root.is_local:
+            verify_folder(self.path(step), self.read_info(step).get("files") or {}, self.uri_of(step))
 
     # ---- writing ------------------------------------------------------------------------------------
     def begin(self, step: int) -> str:

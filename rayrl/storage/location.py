@@ -52,6 +52,15 @@ class Location:
             uri = urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/" + name))
         return Location(self.fs, f"{self.path.rstrip('/')}/{name}", uri, self.scheme)
 
+    def parent(self) -> Location:
+        """The folder holding this one (the URI keeps its query, e.g. an S3 endpoint)."""
+        if "://" not in self.uri:
+            uri = os.path.dirname(self.uri.rstrip("/"))
+        else:
+            parts = urlsplit(self.uri)
+            uri = urlunsplit(parts._replace(path=parts.path.rstrip("/").rpartition("/")[0]))
+        return Location(self.fs, self.path.rstrip("/").rpartition("/")[0] or "/", uri, self.scheme)
+
 
 def open_location(uri: str) -> Location:
     """Resolve ``uri`` (a plain path, file://, s3://, gs://) to a filesystem and a path on it."""
