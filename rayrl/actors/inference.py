@@ -10,6 +10,7 @@ import torch
 from rayrl.engines import make_engine
 from rayrl.engines.base import Completion, EngineSpec, SamplingParams
 from rayrl.engines.weights import WeightBundle
+from rayrl.models.export import merged_model_dir
 from rayrl.models.source import ModelSource, local_model_dir
 
 
@@ -26,7 +27,9 @@ class InferenceActor:
     def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0):
         torch.set_num_threads(spec.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = make_engine(replace(spec, model_path=local_model_dir(model), device=device))
+        # a LoRA checkpoint (rayrl eval of a LoRA run) is served merged into its base
+        path = merged_model_dir(local_model_dir(model))
+        self.engine = make_engine(replace(spec, model_path=path, device=device))
         self.version = version
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:

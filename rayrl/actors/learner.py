@@ -25,13 +25,25 @@ from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
 from rayrl.models.source import ModelSource, local_model_dir
-from rayrl.storage.checkpoints import MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE
+from rayrl.storage.checkpoints import ADAPTER_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+class AdapterDisabled(torch.nn.Module):
+    """A LoRA model seen with its adapter off: the base model, as the KL reference, without a second copy."""
+
+    def __init__(self, peft_model: torch.nn.Module):
+        super().__init__()
+        object.__setattr__(self, "peft_model", peft_model)  # not a submodule: its parameters stay the policy's
+
+    def forward(self, **inputs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(**inputs)
 
 
 class Learner:
@@ -64,17 +76,21 @@ class Learner:
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         mesh = self._init_group(master) if self.distributed else None
-        self.model = self._load(source, mesh).train()
+        self.lora = self.cfg.lora.enabled
+        if self.lora:  # the base model plus an adapter: the checkpoint's, lora.adapter_path's, or a fresh one
+            self.model = self._load(base_dir, mesh, adapter=resume_dir or self.cfg.lora.adapter_path or "").train()
+        else:
+            self.model = self._load(source, mesh).train()
         self.reference = None
-        if self.cfg.algorithm.kl_coef > 0:
-            self.reference = self._load(base_dir, mesh).eval().requires_grad_(False)
+        if self.cfg.algorithm.kl_coef > 0:  # with LoRA the reference is the base: the model with its adapter off
+            self.reference = (AdapterDisabled(self.model) if self.lora
+                              else self._load(base_dir, mesh).eval().requires_grad_(False))
         self.loss_settings = LossSettings.from_config(
             self.cfg.algorithm, self.cfg.sampling.temperature, self.cfg.sampling.top_p
         )
         o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # the adapter only, with LoRA
+        self.optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         warmup = o.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
@@ -82,19 +98,35 @@ class Learner:
         if resume_dir:
             self._load_training_state(Path(resume_dir))
 
-    def _load(self, directory: str, mesh) -> torch.nn.Module:
-        """A causal LM from ``directory`` on this rank's device, sharded over ``mesh`` (FSDP2) if given."""
+    def _load(self, directory: str, mesh, adapter: str | None = None) -> torch.nn.Module:
+        """A causal LM from ``directory`` on this rank's device, sharded over ``mesh`` (FSDP2) if given. With
+        ``adapter`` a LoRA adapter wraps it (peft): loaded from that folder, or fresh for ""."""
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, self.cfg.model.dtype))
+        if adapter is not None:
+            model = self._with_adapter(model, adapter)
         model.to(self.device)
         if mesh is not None:
             from torch.distributed.fsdp import fully_shard
 
-            for layer in model.model.layers:
+            inner = model.get_base_model() if adapter is not None else model
+            for layer in inner.model.layers:
                 fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
         return model
+
+    def _with_adapter(self, model: torch.nn.Module, adapter: str) -> torch.nn.Module:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if adapter:
+            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        lc = self.cfg.lora
+        torch.manual_seed(self.cfg.seed)  # the fresh adapter's initialisation, the same on every rank and run
+        return get_peft_model(model, LoraConfig(
+            r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+            task_type="CAUSAL_LM",
+        ))
 
     def _init_group(self, master: tuple[str, int] | None):
         """Join the learners' process group (gloo on CPU, NCCL on GPU); the device mesh over its ranks."""
@@ -161,16 +193,33 @@ class Learner:
             tensors.pop("lm_head.weight", None)
         return tensors
 
+    def adapter_factors(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The LoRA factors by module path (``<module>.lora_A``, ``<module>.lora_B``, full tensors on rank 0)
+        and each module's scaling: what replicas merge into their base weights. Collective."""
+        tensors, scaling = {}, {}
+        for name, module in self.model.named_modules():
+            if not (hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})):
+                continue
+            path = name.removeprefix("base_model.model.")
+            for factor in ("lora_A", "lora_B"):
+                value = getattr(module, factor)["default"].weight
+                full = value.full_tensor() if hasattr(value, "full_tensor") else value
+                if self.rank == 0:
+                    tensors[f"{path}.{factor}"] = full.detach().cpu()
+            scaling[path] = float(module.scaling["default"])
+        return tensors, scaling
+
     def weight_bundle(self, version: int) -> WeightBundle | None:
-        """The full weights as one flat buffer plus an index (rank 0; None elsewhere). Collective.
+        """The full weights (or, with LoRA, the adapter's factors) as one flat buffer plus an index (rank 0;
+        None elsewhere). Collective.
 
         The gathered tensors are copied into a reused staging buffer (fresh memory would cost page
         faults several times the copy); ``ray.put`` of it is then the only other copy.
         """
-        tensors = self.full_state_dict()
+        tensors, scaling = self.adapter_factors() if self.lora else (self.full_state_dict(), None)
         if self.rank != 0:
             return None
-        bundle = flatten_state_dict(tensors, version, out=getattr(self, "_staging", None))
+        bundle = flatten_state_dict(tensors, version, out=getattr(self, "_staging", None), adapter_scaling=scaling)
         self._staging = bundle.buffer
         return bundle
 
@@ -194,6 +243,10 @@ class Learner:
         from rayrl.storage.location import file_entries, open_location, upload_files
 
         model_sd = self.full_state_dict()
+        if self.lora:
+            from peft import get_peft_model_state_dict
+
+            model_sd = get_peft_model_state_dict(self.model, state_dict=model_sd) if self.rank == 0 else {}
         optim_sd = get_optimizer_state_dict(
             self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
@@ -203,8 +256,12 @@ class Learner:
         with tempfile.TemporaryDirectory(prefix="rayrl-ckpt-") as scratch:
             out = Path(location.path) if location.is_local else Path(scratch)
             out.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in model_sd.items()}, out / MODEL_FILE, metadata={"format": "pt"})
-            self.model.config.save_pretrained(out)
+            weights_file = ADAPTER_FILE if self.lora else MODEL_FILE
+            save_file({k: v.contiguous() for k, v in model_sd.items()}, out / weights_file, metadata={"format": "pt"})
+            if self.lora:  # adapter_config.json names the base model folder it adapts
+                self.model.peft_config["default"].save_pretrained(out)
+            else:
+                self.model.config.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
             torch.save(optim_sd, out / OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), out / SCHEDULER_FILE)

@@ -6,12 +6,12 @@ located error messages for any root model.
 
 from rayrl.config.models import (
     AlgorithmConfig, CheckpointConfig, Config, EnvConfig, EvalConfig, InferenceConfig, LearnerConfig, LogConfig,
-    ModelConfig, OptimConfig, RayConfig, RolloutConfig, SamplingConfig, Section, TinyModelConfig, WandbConfig,
+    LoraConfig, ModelConfig, OptimConfig, RayConfig, RolloutConfig, SamplingConfig, Section, TinyModelConfig, WandbConfig,
     WarmstartConfig,
 )
 
 __all__ = [
     "AlgorithmConfig", "CheckpointConfig", "Config", "EnvConfig", "EvalConfig", "InferenceConfig", "LearnerConfig",
-    "LogConfig", "ModelConfig", "OptimConfig", "RayConfig", "RolloutConfig", "SamplingConfig", "Section",
+    "LogConfig", "LoraConfig", "ModelConfig", "OptimConfig", "RayConfig", "RolloutConfig", "SamplingConfig", "Section",
     "TinyModelConfig", "WandbConfig", "WarmstartConfig",
 ]

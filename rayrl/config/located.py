@@ -120,11 +120,12 @@ def suggest_key(root: type[BaseModel], loc: Loc) -> str:
         return ""
     prefix = "".join(f"{p}." for p in parent)
     fields = list(model.model_fields)
-    if match := difflib.get_close_matches(name, fields, n=1):
-        return f"; did you mean '{prefix}{match[0]}'?"
+    # the exact key in another section says more than a near spelling here ('lr' is optim.lr, not lora)
     elsewhere = [k for k, _ in walk(root, "") if re.split(r"[. ]", k)[-1] == name]
     if elsewhere:
         return "; did you mean " + " or ".join(f"'{k}'" for k in elsewhere) + "?"
+    if match := difflib.get_close_matches(name, fields, n=1):
+        return f"; did you mean '{prefix}{match[0]}'?"
     names = [str(p) for p in parent if not str(p).isdigit()]
     section = f"[[{'.'.join(names)}]]" if parent and str(parent[-1]).isdigit() else f"[{'.'.join(names)}]"
     return f"; valid keys {'in ' + section if parent else 'at the top level'}: {', '.join(fields)}"

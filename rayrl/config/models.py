@@ -206,6 +206,24 @@ class EnvConfig(Section):
         return spec
 
 
+class LoraConfig(Section):
+    """LoRA adapters through peft: only the adapter trains, is checkpointed and is published; replicas merge
+    each published adapter into their copy of the base weights."""
+
+    enabled: bool = Field(False, description="Train a LoRA adapter instead of the full weights.")
+    rank: int = Field(64, ge=1, description="Adapter rank r.")
+    alpha: float = Field(128.0, gt=0, description="Scaling numerator: the update is alpha / rank x B A.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input (learner only).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description='Modules to adapt: a list of names (e.g. ["q_proj", "v_proj"]) or "all-linear" '
+        "(every linear layer but the output layer).",
+    )
+    adapter_path: str | None = Field(
+        None, description="Start from this adapter folder (peft's save_pretrained layout, e.g. a LoRA checkpoint "
+        "of another run) instead of a fresh adapter.",
+    )
+
+
 class InferenceConfig(Section):
     replicas: int = Field(1, ge=1, description="Number of InferenceActors.")
     engine: Literal["transformers", "vllm"] = Field(
@@ -302,6 +320,7 @@ class Config(Section):
     env: list[EnvConfig] = Field(default_factory=lambda: [EnvConfig()], min_length=1)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ckpt: CheckpointConfig = Field(default_factory=CheckpointConfig)

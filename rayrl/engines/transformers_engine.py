@@ -10,7 +10,7 @@ import torch
 
 from rayrl.algorithms.sampling import sample_tokens
 from rayrl.engines.base import Completion, Engine, SamplingParams
-from rayrl.engines.weights import WeightBundle, alias_into, load_into
+from rayrl.engines.weights import WeightBundle, adapted_weight_names, alias_into, load_into, merge_adapter
 
 
 class TransformersEngine(Engine):
@@ -83,7 +83,16 @@ class TransformersEngine(Engine):
         return Completion(token_ids, logprobs, "length")
 
     def load_weights(self, bundle: WeightBundle) -> None:
-        """On CPU, alias the shared buffer (zero-copy, one copy per node); else copy into the model."""
+        """On CPU, alias the shared buffer (zero-copy, one copy per node); else copy into the model. A LoRA
+        adapter is merged into the base weights, kept aside at the first adapter this replica loads."""
+        if bundle.adapter_scaling is not None:
+            params = dict(self.model.named_parameters())
+            if not hasattr(self, "_base_weights"):
+                self._base_weights = {n: params[n].detach().clone() for n in adapted_weight_names(bundle)}
+            with torch.no_grad():
+                for name, weight in merge_adapter(self._base_weights, bundle).items():
+                    params[name].data = weight  # a fresh tensor: never write into shared read-only memory
+            return
         if alias_into(self.model, bundle):
             self._shared_bundle = bundle  # keeps the object-store memory pinned while in use
         else:

@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING
 
 from rayrl.engines.base import Completion, Engine, EngineSpec, SamplingParams
-from rayrl.engines.weights import WeightBundle, unflatten
+from rayrl.engines.weights import WeightBundle, merge_adapter, unflatten
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +62,7 @@ class VllmEngine(Engine):
             disable_log_stats=True, **budget,
         )
         self.start_s = time.perf_counter() - started
+        self.model_path = spec.model_path
         config = self.llm.llm_engine.model_config.hf_config
         self.tied = bool(getattr(config, "tie_word_embeddings", False))
 
@@ -84,7 +85,14 @@ class VllmEngine(Engine):
         return completions
 
     def load_weights(self, bundle: WeightBundle) -> None:
-        tensors = unflatten(bundle)
+        """Reload the weights in place. A LoRA adapter is merged into the base weights (read once from the
+        model folder) and the whole set is reloaded: vLLM's fused layers take every shard of a layer."""
+        if bundle.adapter_scaling is not None:
+            if not hasattr(self, "_base_weights"):
+                self._base_weights = read_model_weights(self.model_path)
+            tensors = {**self._base_weights, **merge_adapter(self._base_weights, bundle)}
+        else:
+            tensors = unflatten(bundle)
         if self.tied and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
             tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(tensors.items())})
@@ -93,6 +101,18 @@ class VllmEngine(Engine):
     def state_dict(self) -> "dict[str, torch.Tensor]":
         [weights] = self.llm.apply_model(lambda model: {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         return weights
+
+
+def read_model_weights(model_path: str) -> "dict[str, torch.Tensor]":
+    """Every tensor of a Hugging Face model folder's safetensors files (one file or an indexed set)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(Path(model_path).glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
 
 
 def check_cpu_head_size(model_path: str) -> None:

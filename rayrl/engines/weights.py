@@ -28,6 +28,9 @@ class WeightBundle:
     version: int
     index: tuple[TensorEntry, ...]
     buffer: np.ndarray  # uint8, contiguous
+    # A LoRA adapter instead of full weights: module path (e.g. "model.layers.0.self_attn.q_proj") -> its
+    # scaling (alpha / r); the buffer then holds "<module>.lora_A" [r, in] and "<module>.lora_B" [out, r].
+    adapter_scaling: dict[str, float] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -38,7 +41,8 @@ ALIGNMENT = 64  # keep every tensor cache-line aligned inside the buffer
 
 
 def flatten_state_dict(
-    state_dict: dict[str, torch.Tensor], version: int, out: np.ndarray | None = None
+    state_dict: dict[str, torch.Tensor], version: int, out: np.ndarray | None = None,
+    adapter_scaling: dict[str, float] | None = None,
 ) -> WeightBundle:
     """Copy ``state_dict`` into one aligned byte buffer and describe where each tensor lives.
 
@@ -56,7 +60,7 @@ def flatten_state_dict(
     for entry, tensor in zip(entries, state_dict.values()):
         src = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
         flat[entry.offset : entry.offset + entry.nbytes].copy_(src)
-    return WeightBundle(version=version, index=tuple(entries), buffer=buffer)
+    return WeightBundle(version=version, index=tuple(entries), buffer=buffer, adapter_scaling=adapter_scaling)
 
 
 def unflatten(bundle: WeightBundle) -> dict[str, torch.Tensor]:
@@ -97,3 +101,20 @@ def load_into(model: torch.nn.Module, bundle: WeightBundle) -> None:
     with torch.no_grad():
         for name, tensor in tensors.items():
             own[name].copy_(tensor)
+
+
+def adapted_weight_names(bundle: WeightBundle) -> list[str]:
+    """The base weights an adapter bundle changes: ``<module>.weight`` of every adapted module."""
+    return [f"{module}.weight" for module in (bundle.adapter_scaling or {})]
+
+
+def merge_adapter(base: dict[str, torch.Tensor], bundle: WeightBundle) -> dict[str, torch.Tensor]:
+    """The adapted modules' weights ``W = W0 + scaling x B @ A`` (computed in float32, returned in W0's dtype),
+    from the base weights ``base`` (``<module>.weight`` -> W0) and an adapter ``bundle``."""
+    tensors = unflatten(bundle)
+    merged = {}
+    for module, scaling in (bundle.adapter_scaling or {}).items():
+        w0 = base[f"{module}.weight"]
+        delta = tensors[f"{module}.lora_B"].float() @ tensors[f"{module}.lora_A"].float()
+        merged[f"{module}.weight"] = (w0.float() + scaling * delta).to(w0.dtype)
+    return merged

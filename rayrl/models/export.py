@@ -90,7 +90,7 @@ def export_model(source: str, out: str | Path, dtype: str = "float32", force: bo
     checkpoint, step = resolve_checkpoint(str(source))
     directory = local_model_dir(model_source(checkpoint))  # a URI is downloaded (and checked) here
     model, tokenizer = load_for_export(directory, dtype)
-    model.config.torch_dtype = getattr(torch, dtype)
+    model.config.dtype = getattr(torch, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-export-", dir=out.parent))
     try:
@@ -118,3 +118,21 @@ def check_export(model, folder: Path) -> tuple[int, int]:
     if wrong:
         raise CheckpointError(f"the exported model differs from the source in {', '.join(wrong[:5])}: export aborted")
     return len(expected), sum(v.numel() * v.element_size() for v in expected.values())
+
+
+def merged_model_dir(directory: str, cache: str | Path | None = None) -> str:
+    """``directory`` itself, or for a LoRA adapter folder a model folder with the adapter merged into its base
+    (exported once into ``cache``, default a temporary folder, keyed by the adapter's content)."""
+    import hashlib
+
+    folder = Path(directory)
+    if not (folder / ADAPTER_CONFIG).exists():
+        return directory
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if p.name.startswith("adapter_")):
+        digest.update(name.encode() + (folder / name).read_bytes())
+    root = Path(cache) if cache is not None else Path(tempfile.gettempdir()) / "rayrl-merged"
+    target = root / digest.hexdigest()[:16]
+    if not (target / EXPORT_INFO).exists():
+        export_model(directory, target, force=True)
+    return str(target)

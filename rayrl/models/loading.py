@@ -62,7 +62,11 @@ def resolve_base_model(cfg: Config) -> tuple[str, dict]:
     into its cache under a temporary name and renames it, so an interrupted build is never reused.
     """
     if not needs_build(cfg):
-        return cfg.model.name, {"source": cfg.model.name}
+        from rayrl.models.export import merged_model_dir
+
+        # a LoRA adapter folder (a LoRA champion, say) starts the run as its base with the adapter merged
+        merged = merged_model_dir(cfg.model.name, cache_root(cfg) / "merged")
+        return merged, {"source": cfg.model.name, **({"merged_adapter": True} if merged != cfg.model.name else {})}
     name = cfg.model.name.removeprefix(BUILTIN_PREFIX).replace("/", "--")
     target = cache_root(cfg) / "base" / f"{name}-{base_model_key(cfg)}"
     if (target / MARKER).exists():

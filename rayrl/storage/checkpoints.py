@@ -36,7 +36,8 @@ from rayrl.storage.location import (
 INFO_FILE = "training_info.json"
 LATEST_FILE = "latest"
 MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE = "model.safetensors", "optimizer.pt", "scheduler.pt"
-REQUIRED_FILES = (MODEL_FILE, OPTIMIZER_FILE)  # besides training_info.json and every file it lists
+ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoint holds its adapter instead of the model
+REQUIRED_FILES = (OPTIMIZER_FILE,)  # besides the weights (model or adapter), training_info.json and its files
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STAGING_PREFIXES = (".tmp-step_", ".old-step_")
 
@@ -104,8 +105,8 @@ class CheckpointStore:
             manifest = self.read_info(step).get("files")
         except (OSError, ValueError):
             return False
-        if not all(name in present for name in REQUIRED_FILES):  # the model and its optimizer state, always
-            return False
+        if not all(name in present for name in REQUIRED_FILES) or not (MODEL_FILE in present or ADAPTER_FILE in present):
+            return False  # the weights (model or adapter) and the optimizer state, always
         return all(present.get(name) == entry["size"] for name, entry in (manifest or {}).items())
 
     def latest_step(self) -> int | None:
