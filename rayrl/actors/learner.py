@@ -178,14 +178,17 @@ class Learner:
         return out
 
     # ---- weights --------------------------------------------------------------------------
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
+    def full_state_dict(self, adapter_only: bool = False) -> dict[str, torch.Tensor]:
         """The full (unsharded) weights on rank 0; other ranks get {}. Collective.
 
         ``full_tensor()`` all-gathers each FSDP parameter; rank 0 keeps CPU tensors. A tied output
-        layer travels and is saved once, as the embedding.
+        layer travels and is saved once, as the embedding. ``adapter_only``: the LoRA tensors alone
+        (nothing else is gathered).
         """
         tensors = {}
         for name, value in self.model.state_dict().items():
+            if adapter_only and "lora_" not in name:
+                continue
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             if self.rank == 0:
                 tensors[name] = full.detach().cpu()
@@ -242,8 +245,8 @@ class Learner:
 
         from rayrl.storage.location import file_entries, open_location, upload_files
 
-        model_sd = self.full_state_dict()
-        if self.lora:
+        model_sd = self.full_state_dict(adapter_only=self.lora)
+        if self.lora:  # peft's names for its adapter file (the adapter name dropped)
             from peft import get_peft_model_state_dict
 
             model_sd = get_peft_model_state_dict(self.model, state_dict=model_sd) if self.rank == 0 else {}
