@@ -124,3 +124,13 @@ def test_a_lora_run_checkpoints_the_adapter_resumes_bit_for_bit_and_exports_merg
         ray_cluster.kill(actor)
     expected = merged.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids))[0, 5:]
     assert served.completions[0].token_ids == expected.tolist()[: len(served.completions[0].token_ids)]
+
+
+def test_an_adapter_replicas_cannot_merge_is_refused_up_front(small_config, tiny_model_path):
+    """An embedding adapter would never reach the replicas (they merge B @ A into linear layers): refused."""
+    from rayrl.errors import ConfigError
+
+    cfg = small_config(learner={"workers": 0}, lora={**LORA, "target_modules": ["q_proj", "embed_tokens"]})
+    with pytest.raises(ConfigError, match=r"lora: adapter tensors of a kind replicas cannot merge .*lora_embedding_A.*"
+                                          r"lora.target_modules"):
+        LearnerGroup(cfg, tiny_model_path, namespace="test-lora-embedding")

@@ -10,13 +10,13 @@ collective: the group calls it on all ranks at once. The step's maths is ``rayrl
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import numpy as np
+import torch
 
 from rayrl.algorithms.grpo import (
     LossSettings, TrainSample, collate, policy_loss, sequence_logits, set_loss_weights, shard_evenly, sum_stats,
@@ -24,8 +24,14 @@ from rayrl.algorithms.grpo import (
 from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
+from rayrl.errors import ConfigError
 from rayrl.models.source import ModelSource, local_model_dir
 from rayrl.storage.checkpoints import ADAPTER_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE
+
+
+# a LoRA factor of a linear layer in a peft model's parameters: (module path, "lora_A" | "lora_B")
+PEFT_PREFIX = "base_model.model."
+LORA_FACTOR = re.compile(rf"^{re.escape(PEFT_PREFIX)}(.+)\.(lora_A|lora_B)\.default\.weight$")
 
 
 def free_port() -> int:
@@ -120,13 +126,23 @@ class Learner:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if adapter:
-            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-        lc = self.cfg.lora
-        torch.manual_seed(self.cfg.seed)  # the fresh adapter's initialisation, the same on every rank and run
-        return get_peft_model(model, LoraConfig(
-            r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
-            task_type="CAUSAL_LM",
-        ))
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        else:
+            lc = self.cfg.lora
+            torch.manual_seed(self.cfg.seed)  # the fresh adapter's initialisation, the same on every rank and run
+            model = get_peft_model(model, LoraConfig(
+                r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+                task_type="CAUSAL_LM",
+            ))
+        # replicas merge B @ A into linear layers' weights: an adapter on anything else would silently not travel
+        other = [n for n, _ in model.named_parameters() if "lora_" in n and not LORA_FACTOR.match(n)]
+        if other:
+            raise ConfigError(
+                f"lora: adapter tensors of a kind replicas cannot merge ({', '.join(other[:3])}): adapt linear "
+                f"layers only (lora.target_modules = \"all-linear\" or names such as [\"q_proj\", \"v_proj\"]"
+                + (f"; {adapter} holds such an adapter)" if adapter else ")")
+            )
+        return model
 
     def _init_group(self, master: tuple[str, int] | None):
         """Join the learners' process group (gloo on CPU, NCCL on GPU); the device mesh over its ranks."""
@@ -147,11 +163,11 @@ class Learner:
         mbs = self.cfg.learner.micro_batch_size
         micro_batches = [samples[i : i + mbs] for i in range(0, len(samples), mbs)]
         stats = []
+        reference = self.reference if self.loss_settings.kl_coef else None  # kl_in = "reward": the driver's
         for i, micro in enumerate(micro_batches):
             if self.distributed:  # reduce gradients across ranks once, after the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
             batch = {k: v.to(self.device) for k, v in collate(micro, self.pad_id).items()}
-            reference = self.reference if self.loss_settings.kl_coef else None  # kl_in = "reward": the driver's
             loss, micro_stats = policy_loss(self.model, batch, self.loss_settings, reference)
             # FSDP averages gradients over ranks; scale so the result is the sum over the whole batch.
             (loss * self.world_size).backward()
@@ -186,9 +202,9 @@ class Learner:
         (nothing else is gathered).
         """
         tensors = {}
-        for name, value in self.model.state_dict().items():
-            if adapter_only and "lora_" not in name:
-                continue
+        # the adapter's tensors are parameters: walking them skips building the whole model's state dict
+        named = ((n, p) for n, p in self.model.named_parameters() if "lora_" in n) if adapter_only else None
+        for name, value in named or self.model.state_dict().items():
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             if self.rank == 0:
                 tensors[name] = full.detach().cpu()
@@ -199,17 +215,15 @@ class Learner:
     def adapter_factors(self) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The LoRA factors by module path (``<module>.lora_A``, ``<module>.lora_B``, full tensors on rank 0)
         and each module's scaling: what replicas merge into their base weights. Collective."""
-        tensors, scaling = {}, {}
-        for name, module in self.model.named_modules():
-            if not (hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})):
-                continue
-            path = name.removeprefix("base_model.model.")
-            for factor in ("lora_A", "lora_B"):
-                value = getattr(module, factor)["default"].weight
-                full = value.full_tensor() if hasattr(value, "full_tensor") else value
-                if self.rank == 0:
-                    tensors[f"{path}.{factor}"] = full.detach().cpu()
-            scaling[path] = float(module.scaling["default"])
+        tensors = {}
+        for name, value in self.full_state_dict(adapter_only=True).items():
+            path, factor = LORA_FACTOR.match(name).groups()  # every adapter tensor is one (checked at set-up)
+            tensors[f"{path}.{factor}"] = value
+        scaling = {
+            name.removeprefix(PEFT_PREFIX): float(module.scaling["default"])
+            for name, module in self.model.named_modules()
+            if isinstance(getattr(module, "scaling", None), dict) and "default" in module.scaling  # peft's LoRA layers
+        }
         return tensors, scaling
 
     def weight_bundle(self, version: int) -> WeightBundle | None:
