@@ -22,7 +22,7 @@ from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
 from rayrl.algorithms.grpo import (
     Rollout, build_train_samples, drop_stale, model_tokens, overlong_penalties, rewards_tied, sequence_kl,
-    to_train_sample,
+    to_train_sample, with_value_targets,
 )
 from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
@@ -207,8 +207,11 @@ class Trainer:
         if a.dynamic_sampling:
             groups, shaped, resampling = self.resample_tied_groups(groups, shaped, pending.step)
             shaping.update(resampling)
-        samples, stats = build_train_samples(groups, a.std_normalize, shaped)
+        ppo = a.name == "ppo"
+        samples, stats = build_train_samples(groups, a.std_normalize, shaped, group_relative=not ppo)
         t0 = time.perf_counter()
+        if ppo and samples:  # GAE from the value head's estimates of this batch (one forward on the learners)
+            stats.update(with_value_targets(samples, self.learners.value_estimates(samples), np.concatenate(shaped), a))
         update: dict[str, Any] = {}
         if samples:  # every group tied: no gradient at all this step, the policy stays as it is
             update = self.learners.update(samples)

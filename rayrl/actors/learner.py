@@ -19,14 +19,18 @@ import numpy as np
 import torch
 
 from rayrl.algorithms.grpo import (
-    LossSettings, TrainSample, collate, policy_loss, sequence_logits, set_loss_weights, shard_evenly, sum_stats,
+    LossSettings, TrainSample, collate, policy_loss, sequence_logits, sequence_outputs, set_loss_weights,
+    shard_evenly, sum_stats,
 )
 from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
 from rayrl.errors import ConfigError
 from rayrl.models.source import ModelSource, local_model_dir
-from rayrl.storage.checkpoints import ADAPTER_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE
+from rayrl.models.value_head import ValueHead, load_value_head, reduce_gradients, save_value_head
+from rayrl.storage.checkpoints import (
+    ADAPTER_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE,
+)
 
 
 # a LoRA factor of a linear layer in a peft model's parameters: (module path, "lora_A" | "lora_B")
@@ -101,8 +105,26 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
         )
+        self.value_head = None
+        if self.cfg.algorithm.name == "ppo":
+            self._setup_value_head(resume_dir)
         if resume_dir:
             self._load_training_state(Path(resume_dir))
+
+    def _setup_value_head(self, resume_dir: str | None) -> None:
+        """PPO's value head and its optimizer: the checkpoint's when resuming (or starting from a PPO
+        checkpoint), else fresh (zero output), the same on every rank."""
+        o, a = self.cfg.optim, self.cfg.algorithm
+        self.value_head = ValueHead(self.model.config.hidden_size).to(self.device)
+        self.value_optimizer = torch.optim.AdamW(
+            self.value_head.parameters(), lr=a.value_lr or 10 * o.lr, betas=o.betas, weight_decay=0.0
+        )
+        if resume_dir and not load_value_head(
+            self.value_head, self.value_optimizer, Path(resume_dir), VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE
+        ) and self.rank == 0:
+            import logging
+
+            logging.getLogger("rayrl").warning("%s holds no value head: PPO starts a fresh one", resume_dir)
 
     def _load(self, directory: str, mesh, adapter: str | None = None) -> torch.nn.Module:
         """A causal LM from ``directory`` on this rank's device, sharded over ``mesh`` (FSDP2) if given. With
@@ -159,26 +181,43 @@ class Learner:
 
     # ---- training -------------------------------------------------------------------------
     def update(self, samples: list[TrainSample]) -> dict[str, float]:
-        """One optimizer step over this rank's samples, weighted for the whole batch (``set_loss_weights``)."""
+        """``algorithm.epochs`` optimizer steps over this rank's samples, weighted for the whole batch
+        (``set_loss_weights``). Statistics are summed over micro-batches and epochs (``loss`` and
+        ``grad_norm``: averaged over epochs)."""
         mbs = self.cfg.learner.micro_batch_size
         micro_batches = [samples[i : i + mbs] for i in range(0, len(samples), mbs)]
-        stats = []
+        batches = [collate(micro, self.pad_id) for micro in micro_batches]
+        epochs = self.cfg.algorithm.epochs
+        stats, grad_norms = [], []
+        lr = self.scheduler.get_last_lr()[0]
         reference = self.reference if self.loss_settings.kl_coef else None  # kl_in = "reward": the driver's
-        for i, micro in enumerate(micro_batches):
-            if self.distributed:  # reduce gradients across ranks once, after the last micro-batch
-                self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            batch = {k: v.to(self.device) for k, v in collate(micro, self.pad_id).items()}
-            loss, micro_stats = policy_loss(self.model, batch, self.loss_settings, reference)
-            # FSDP averages gradients over ranks; scale so the result is the sum over the whole batch.
-            (loss * self.world_size).backward()
-            stats.append({"loss": loss.detach(), **micro_stats})
+        for _ in range(epochs):
+            for i, cpu_batch in enumerate(batches):
+                if self.distributed:  # reduce gradients across ranks once, after the last micro-batch
+                    self.model.set_requires_gradient_sync(i == len(batches) - 1)
+                batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
+                loss, micro_stats = policy_loss(self.model, batch, self.loss_settings, reference, self.value_head)
+                # FSDP averages gradients over ranks; scale so the result is the sum over the whole batch.
+                (loss * self.world_size).backward()
+                stats.append({"loss": loss.detach() / epochs, **micro_stats})
+            grad_norms.append(self._step())
+        return {**sum_stats(stats), "grad_norm": float(np.mean(grad_norms)), "lr": lr}
+
+    def _step(self) -> float:
+        """Clip and apply the accumulated gradients (policy; PPO's value head with its own optimizer);
+        returns the policy's gradient norm before clipping."""
+        if self.value_head is not None:
+            if self.distributed:
+                reduce_gradients(self.value_head, self.world_size)
+            torch.nn.utils.clip_grad_norm_(self.value_head.parameters(), self.cfg.optim.max_norm)
+            self.value_optimizer.step()
+            self.value_optimizer.zero_grad(set_to_none=True)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**sum_stats(stats), "grad_norm": float(grad_norm), "lr": lr}
+        return float(grad_norm)
 
     @torch.no_grad()
     def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
@@ -191,6 +230,18 @@ class Learner:
             logprobs = token_logprobs(sequence_logits(self.reference, ids), ids[:, 1:], self.cfg.sampling.temperature)
             logprobs = logprobs.float().cpu().numpy()
             out.extend(logprobs[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
+        return out
+
+    @torch.no_grad()
+    def value_estimates(self, samples: list[TrainSample]) -> list[np.ndarray]:
+        """PPO: the value head's estimate before each completion token of each sample (float32 arrays).
+        Collective, like :meth:`reference_logprobs`."""
+        mbs, out = self.cfg.learner.micro_batch_size, []
+        for start in range(0, len(samples), mbs):
+            micro = samples[start : start + mbs]
+            ids = collate(micro, self.pad_id)["input_ids"].to(self.device)
+            values = sequence_outputs(self.model, ids, self.value_head)[1].float().cpu().numpy()
+            out.extend(values[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
         return out
 
     # ---- weights --------------------------------------------------------------------------
@@ -282,6 +333,8 @@ class Learner:
             self.tokenizer.save_pretrained(out)
             torch.save(optim_sd, out / OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), out / SCHEDULER_FILE)
+            if self.value_head is not None:
+                save_value_head(self.value_head, self.value_optimizer, out, VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE)
             names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
             return file_entries(out, names) if location.is_local else upload_files(out, names, location)
 
@@ -381,23 +434,38 @@ class LearnerGroup:
         step, and merge the ranks' stats."""
         set_loss_weights(samples, self.cfg.algorithm.loss_aggregation, self.cfg.sampling.max_tokens)
         results = self._call("update", per_rank=self._shards(samples))
-        keys = ("loss", "clipped", "mismatch_kl", "tokens", "kl_ref")
+        keys = ("loss", "clipped", "mismatch_kl", "tokens", "kl_ref", "entropy", "value_loss", "value_error",
+                "value_error_sq", "return_sum", "return_sq")
         merged = sum_stats([{k: r[k] for k in keys if k in r} for r in results])
         tokens = max(merged["tokens"], 1.0)
         out = {
             "loss": merged["loss"],
             "clip_fraction": merged["clipped"] / tokens,
             "mismatch_kl": merged["mismatch_kl"] / tokens,
+            "entropy": merged["entropy"] / tokens,
             "grad_norm": results[0]["grad_norm"],
             "lr": results[0]["lr"],
         }
         if "kl_ref" in merged:
             out["kl_ref"] = merged["kl_ref"] / tokens
+        if "value_loss" in merged:  # PPO: how much of the returns' variance the value head explains
+            error_var = merged["value_error_sq"] / tokens - (merged["value_error"] / tokens) ** 2
+            return_var = merged["return_sq"] / tokens - (merged["return_sum"] / tokens) ** 2
+            out["value/loss"] = merged["value_loss"] / tokens
+            if return_var > 1e-12:  # undefined when every return is the same
+                out["value/explained_variance"] = 1.0 - error_var / return_var
         return out
 
     def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
         """The reference's log-probs of each sample's completion tokens, in the order of ``samples``."""
-        per_rank = self._call("reference_logprobs", per_rank=self._shards(samples))
+        return self._per_sample("reference_logprobs", samples)
+
+    def value_estimates(self, samples: list[TrainSample]) -> list[np.ndarray]:
+        """PPO: the value head's estimates at each sample's completion tokens, in the order of ``samples``."""
+        return self._per_sample("value_estimates", samples)
+
+    def _per_sample(self, method: str, samples: list[TrainSample]) -> list[np.ndarray]:
+        per_rank = self._call(method, per_rank=self._shards(samples))
         # shard_evenly deals round-robin: sample i went to rank i % W, at position i // W
         return [per_rank[i % self.world_size][i // self.world_size] for i in range(len(samples))]
 

@@ -1,11 +1,12 @@
-"""One step of the GRPO family (GRPO, Dr.GRPO, DAPO, GSPO), top to bottom, as Ray-free functions.
+"""One RL step (the GRPO family: GRPO, Dr.GRPO, DAPO, GSPO; and PPO), top to bottom, as Ray-free functions.
 
     rollouts (groups of one prompt's completions)
       1. drop_stale            samples more than k policy versions behind the learner are dropped
       2. shaped rewards        the environment's reward minus DAPO's overlong penalty and, with
                                algorithm.kl_in = "reward", the KL to the reference (overlong_penalties,
                                sequence_kl)
-      3. build_train_samples   group-relative advantages; tied groups (no signal) are dropped
+      3. build_train_samples   group-relative advantages; tied groups (no signal) are dropped. PPO instead:
+                               the learners' value estimates, then GAE per token (with_value_targets)
       4. set_loss_weights      each sequence's per-token weight (token mean, sequence mean, Dr.GRPO's constant)
       5. shard_evenly          equal sample counts per learner rank (zero-weight padding)
       6. collate               right-padded tensors; loss positions = the model's completion tokens
@@ -25,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rayrl.algorithms.losses import aggregation_weights, kl_estimate, policy_gradient_loss
-from rayrl.algorithms.sampling import token_logprobs
+from rayrl.algorithms.losses import (
+    aggregation_weights, kl_estimate, policy_gradient_loss, token_entropy, value_loss_terms,
+)
+from rayrl.algorithms.sampling import sampling_logprobs, token_logprobs
 from rayrl.config import AlgorithmConfig
 
 
@@ -64,6 +67,11 @@ class TrainSample:
     # 1 where the completion token is the model's (trained on), 0 where an environment wrote it
     # (multi-turn); None = every completion token is the model's.
     loss_mask: np.ndarray | None = None
+    # PPO, per completion token (float32 [T - completion_start]): GAE advantages (replacing ``advantage``),
+    # the value head's targets, and its estimates when the batch was drawn
+    token_advantages: np.ndarray | None = None
+    returns: np.ndarray | None = None
+    old_values: np.ndarray | None = None
 
     def loss_tokens(self) -> int:
         """How many tokens this sample trains on (environment tokens excluded)."""
@@ -117,13 +125,15 @@ def group_advantages(rewards: np.ndarray, std_normalize: bool = False, eps: floa
 
 
 def build_train_samples(
-    groups: list[list[Rollout]], std_normalize: bool = False, shaped: list[np.ndarray] | None = None
+    groups: list[list[Rollout]], std_normalize: bool = False, shaped: list[np.ndarray] | None = None,
+    group_relative: bool = True,
 ) -> tuple[list[TrainSample], dict[str, float]]:
     """Group-relative advantages over each group's samples; tied groups carry no signal and are dropped.
 
     ``shaped`` (one array per group) replaces the rewards the advantages and the tie test use (penalties
-    added); the statistics report the environment's rewards. Returns the samples to train on and the
-    batch's statistics (over every given rollout)."""
+    added); the statistics report the environment's rewards. ``group_relative = False`` (PPO) keeps every
+    sample, advantage 0, in the groups' order: its advantages come later (:func:`with_value_targets`).
+    Returns the samples to train on and the batch's statistics (over every given rollout)."""
     flat = [r for g in groups for r in g]
     if not flat:  # every sample was too stale: nothing to learn from this step
         return [], {"reward_mean": math.nan, "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0,
@@ -131,6 +141,9 @@ def build_train_samples(
     samples: list[TrainSample] = []
     tied = 0
     for g, group in enumerate(groups):
+        if not group_relative:
+            samples.extend(to_train_sample(rollout, 0.0) for rollout in group)
+            continue
         rewards = np.array([r.reward for r in group], dtype=np.float64) if shaped is None else shaped[g]
         if rewards_tied(rewards):
             tied += 1
@@ -151,6 +164,30 @@ def build_train_samples(
         "train_tokens": int(sum(len(s.token_ids) for s in samples)),
         "turns_mean": float(np.mean([r.turns for r in flat])),
     }
+
+
+def with_value_targets(
+    samples: list[TrainSample], values: list[np.ndarray], rewards: np.ndarray, algorithm: AlgorithmConfig
+) -> dict[str, float]:
+    """PPO: give each sample its token advantages (GAE from the value head's estimates ``values`` and its
+    shaped reward ``rewards[i]``, whitened over the batch's model tokens if asked), the returns the value
+    head learns and the estimates the value clip is centred on. Returns the batch's value statistics."""
+    from rayrl.algorithms.gae import masked_gae, whiten
+
+    a = algorithm
+    masks = [s.loss_mask for s in samples]
+    pairs = [masked_gae(v, float(r), m, a.gamma, a.gae_lambda) for v, r, m in zip(values, rewards, masks)]
+    advantages = [adv for adv, _ in pairs]
+    raw = np.concatenate([adv if m is None else adv[np.asarray(m, bool)] for adv, m in zip(advantages, masks)])
+    if a.whiten_advantages:
+        advantages = whiten(advantages, masks)
+    for sample, adv, (_, ret), v in zip(samples, advantages, pairs, values):
+        sample.token_advantages = adv.astype(np.float32)
+        sample.returns = ret.astype(np.float32)
+        sample.old_values = np.asarray(v, dtype=np.float32)
+    first_values = [float(v[0 if m is None else int(np.argmax(m))]) for v, m in zip(values, masks)]
+    return {"value/estimate_mean": float(np.mean(first_values)), "value/advantage_mean": float(raw.mean()),
+            "value/advantage_std": float(raw.std())}
 
 
 def model_tokens(rollout: Rollout) -> int:
@@ -220,7 +257,8 @@ def shard_evenly(samples: list[TrainSample], world_size: int) -> list[list[Train
 def collate(samples: list[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad samples into tensors [B, W]; ``loss_mask`` (1 at the model's tokens of samples with a
     weight), ``old_logprobs`` are [B, W - 1], aligned with the targets ``input_ids[:, 1:]`` (position t
-    predicts token t + 1); ``advantages``, ``weights`` [B]."""
+    predicts token t + 1); ``advantages``, ``weights`` [B]. PPO samples (token advantages) make
+    ``advantages`` [B, W - 1] and add ``returns`` and ``old_values`` [B, W - 1]."""
     width = max(len(s.token_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), width - 1))
@@ -233,9 +271,18 @@ def collate(samples: list[TrainSample], pad_id: int) -> dict[str, torch.Tensor]:
                 1.0 if s.loss_mask is None else torch.from_numpy(np.asarray(s.loss_mask, np.float32))
             )
         old[row, s.completion_start - 1 : n - 1] = torch.tensor(s.old_logprobs)
-    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
     weights = torch.tensor([s.weight for s in samples], dtype=torch.float64)
-    return {"input_ids": ids, "loss_mask": mask, "old_logprobs": old, "advantages": adv, "weights": weights}
+    batch = {"input_ids": ids, "loss_mask": mask, "old_logprobs": old, "weights": weights}
+    if any(s.token_advantages is not None for s in samples):
+        for key, attr in (("advantages", "token_advantages"), ("returns", "returns"), ("old_values", "old_values")):
+            batch[key] = torch.zeros((len(samples), width - 1))
+            for row, s in enumerate(samples):
+                if getattr(s, attr) is not None:  # padding samples have none
+                    batch[key][row, s.completion_start - 1 : len(s.token_ids) - 1] = torch.from_numpy(
+                        np.asarray(getattr(s, attr), np.float32))
+    else:
+        batch["advantages"] = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    return batch
 
 
 # ---- 7. loss -------------------------------------------------------------------------------------
@@ -251,6 +298,9 @@ class LossSettings:
     tis_cap: float | None = None
     kl_coef: float = 0.0  # in the loss; 0 when the KL goes into the reward
     kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    vf_coef: float = 0.0  # PPO's value head
+    value_clip: float = 0.0
 
     @classmethod
     def from_config(cls, algorithm: AlgorithmConfig, temperature: float, top_p: float) -> LossSettings:
@@ -258,14 +308,27 @@ class LossSettings:
             clip_low=algorithm.clip_low, clip_high=algorithm.clip_high, temperature=temperature, top_p=top_p,
             sequence_ratio=algorithm.name == "gspo", tis_cap=algorithm.tis_cap,
             kl_coef=algorithm.kl_coef if algorithm.kl_in == "loss" else 0.0, kl_estimator=algorithm.kl_estimator,
+            entropy_coef=algorithm.entropy_coef, vf_coef=algorithm.vf_coef or 0.0,
+            value_clip=algorithm.value_clip or 0.0,
         )
 
 
 def sequence_logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Logits [B, T - 1, V] predicting ``ids[:, 1:]`` for right-padded ``ids`` [B, T]."""
+    return sequence_outputs(model, ids)[0]
+
+
+def sequence_outputs(
+    model: torch.nn.Module, ids: torch.Tensor, value_head: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, T - 1, V] predicting ``ids[:, 1:]`` for right-padded ``ids`` [B, T] and, with a
+    ``value_head``, its value estimate [B, T - 1] of the state before each of those tokens (from the last
+    hidden state at the same position)."""
     positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     # Right padding and causal attention: real tokens never see the padding, so no mask is needed.
-    return model(input_ids=ids, position_ids=positions).logits[:, :-1]
+    out = model(input_ids=ids, position_ids=positions, output_hidden_states=value_head is not None)
+    values = None if value_head is None else value_head(out.hidden_states[-1][:, :-1])
+    return out.logits[:, :-1], values
 
 
 def policy_loss(
@@ -273,27 +336,50 @@ def policy_loss(
     batch: dict[str, torch.Tensor],
     settings: LossSettings,
     reference: torch.nn.Module | None = None,
+    value_head: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward ``batch`` (from :func:`collate`) through the causal LM ``model`` and return the algorithm's
     loss. The completion tokens are scored under the sampling distribution the engine drew them from (same
     temperature and nucleus), so on-policy ratios start at 1. With a ``reference`` model the KL to it is
-    computed at the sampling temperature over the whole vocabulary, reported, and added with ``kl_coef``."""
+    computed at the sampling temperature over the whole vocabulary, reported, and added with ``kl_coef``.
+    The policy's entropy is reported and, with ``entropy_coef``, rewarded. With a ``value_head`` (PPO) its
+    loss against ``batch["returns"]`` is added with ``vf_coef`` (same token weights as the policy's)."""
     ids = batch["input_ids"]
     targets = ids[:, 1:]
-    logits = sequence_logits(model, ids)
-    # every target is kept inside the nucleus (token_logprobs), so no position's log-prob is -inf
-    logprobs = token_logprobs(logits, targets, settings.temperature, settings.top_p)
+    logits, values = sequence_outputs(model, ids, value_head)
+    # every target is kept inside the nucleus, so no position's log-prob is -inf
+    logp = sampling_logprobs(logits, settings.temperature, settings.top_p, keep=targets if settings.top_p < 1.0 else None)
+    logprobs = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     kl_logprobs = ref_logprobs = None
     if reference is not None:
         with torch.no_grad():
             ref_logprobs = token_logprobs(sequence_logits(reference, ids), targets, settings.temperature)
         kl_logprobs = logprobs if settings.top_p >= 1.0 else token_logprobs(logits, targets, settings.temperature)
-    return policy_gradient_loss(
+    loss, stats = policy_gradient_loss(
         logprobs, batch["old_logprobs"], batch["advantages"], batch["loss_mask"], batch["weights"],
         clip_low=settings.clip_low, clip_high=settings.clip_high, sequence_ratio=settings.sequence_ratio,
         tis_cap=settings.tis_cap, kl_coef=settings.kl_coef, kl_logprobs=kl_logprobs, ref_logprobs=ref_logprobs,
         kl_estimator=settings.kl_estimator,
     )
+    mask = batch["loss_mask"].to(logprobs.dtype)
+    token_weights = mask * batch["weights"].to(logprobs.dtype).unsqueeze(-1)
+    with torch.set_grad_enabled(settings.entropy_coef > 0 and torch.is_grad_enabled()):
+        entropy = token_entropy(logp)
+    if settings.entropy_coef:
+        loss = loss - settings.entropy_coef * (entropy * token_weights).sum()
+    stats["entropy"] = (entropy.detach() * mask).sum()
+    if values is not None:
+        values = values.float()
+        terms = value_loss_terms(values, batch["old_values"], batch["returns"], settings.value_clip)
+        loss = loss + settings.vf_coef * (terms * token_weights).sum()
+        with torch.no_grad():
+            error = (batch["returns"] - values) * mask
+            stats.update({
+                "value_loss": (terms.detach() * mask).sum(), "value_error": error.sum(),
+                "value_error_sq": (error**2).sum(), "return_sum": (batch["returns"] * mask).sum(),
+                "return_sq": (batch["returns"] ** 2 * mask).sum(),
+            })
+    return loss, stats
 
 
 def sum_stats(stats: list[dict[str, Any]]) -> dict[str, float]:

@@ -9,8 +9,11 @@ tokens and ``weights`` [B] is each sequence's per-token weight, chosen on the dr
 - :func:`gspo_clip_terms`   sequence-level ratio (the geometric mean of the token ratios), clipped (GSPO)
 - :func:`tis_terms`         truncated importance sampling against the sampler instead of clipping
 - :func:`kl_estimate`       per-token KL to a reference, k1 or k3
+- :func:`value_loss_terms`  PPO's value head: squared error to the returns, optionally clipped
+- :func:`token_entropy`     the policy's entropy per token, for the entropy bonus
 
-:func:`policy_gradient_loss` combines them.
+Advantages are one per sequence [B] (the GRPO family) or one per token [B, T] (PPO's GAE).
+:func:`policy_gradient_loss` combines the policy terms.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from __future__ import annotations
 import torch
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def per_token(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Advantages [B] (one per sequence) or [B, T] (one per token) as a tensor that broadcasts to ``like``."""
+    return advantages if advantages.dim() == like.dim() else advantages.unsqueeze(-1)
 
 
 def aggregation_weights(loss_tokens: list[int], aggregation: str, max_tokens: int) -> list[float]:
@@ -48,7 +56,7 @@ def ppo_clip_terms(
     ``r = exp(logprobs - old_logprobs)`` [B, T] and one advantage per sequence [B]. Returns the terms and
     where the clipped branch was taken (no gradient there)."""
     ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages.unsqueeze(-1)
+    adv = per_token(advantages, logprobs)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     return -torch.minimum(unclipped, clipped), clipped < unclipped
@@ -68,7 +76,7 @@ def gspo_clip_terms(
     mean_log_ratio = ((logprobs - old_logprobs) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     seq_ratio = torch.exp(mean_log_ratio).detach().unsqueeze(-1)
     token_ratio = seq_ratio * torch.exp(logprobs - logprobs.detach())
-    adv = advantages.unsqueeze(-1)
+    adv = per_token(advantages, logprobs)
     unclipped = token_ratio * adv
     clipped = torch.clamp(token_ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     return -torch.minimum(unclipped, clipped), clipped < unclipped
@@ -84,7 +92,7 @@ def tis_terms(
     stale samples) is corrected by the truncated weight. Returns the terms and where the cap bit."""
     weight = torch.exp(logprobs.detach() - sampler_logprobs)
     truncated = weight > cap
-    adv = advantages.unsqueeze(-1)
+    adv = per_token(advantages, logprobs)
     return -weight.clamp(max=cap) * adv * torch.exp(logprobs - logprobs.detach()), truncated
 
 
@@ -97,6 +105,26 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     if estimator == "k3":
         return torch.exp(-log_ratio) - 1.0 + log_ratio
     raise ValueError(f"unknown KL estimator '{estimator}' (known: k1, k3)")
+
+
+def value_loss_terms(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """PPO's value loss per token: ``0.5 (V - R)^2``, or with ``clip > 0`` the larger of that and
+    ``0.5 (V_clipped - R)^2`` where ``V_clipped = V_old + clamp(V - V_old, -clip, clip)`` (no move of more
+    than ``clip`` from the batch's estimate pays off). Shapes [B, T]."""
+    error = (values - returns) ** 2
+    if clip > 0:
+        clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        error = torch.maximum(error, (clipped - returns) ** 2)
+    return 0.5 * error
+
+
+def token_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy [...] of each distribution given as log-probs ``logp`` [..., V]; tokens outside a nucleus
+    (log-prob -inf) contribute 0, and no gradient flows through them."""
+    finite = torch.isfinite(logp)
+    return -(logp.exp() * torch.where(finite, logp, torch.zeros_like(logp))).sum(-1)
 
 
 def policy_gradient_loss(
@@ -118,7 +146,7 @@ def policy_gradient_loss(
     """The loss ``sum_{b,t} mask x weights[b] x (term + kl_coef x kl)`` and token-summed statistics.
 
     Shapes: ``logprobs`` (current policy, with gradient), ``old_logprobs`` (the sampler's), ``mask`` [B, T];
-    ``advantages``, ``weights`` [B]. The term is GSPO's with ``sequence_ratio``, truncated IS with
+    ``advantages`` [B] or [B, T], ``weights`` [B]. The term is GSPO's with ``sequence_ratio``, truncated IS with
     ``tis_cap``, else PPO's clip. The KL term compares ``kl_logprobs`` (the policy's, default ``logprobs``)
     with ``ref_logprobs``. Statistics: ``clipped`` (clipped or truncated tokens), ``mismatch_kl`` (k3 of the
     sampler against the current policy), ``tokens``, and ``kl_ref`` with a reference.

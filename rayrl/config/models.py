@@ -95,7 +95,8 @@ class OptimConfig(Section):
 # algorithm.name -> the defaults of the fields it leaves unset (None). Each row is the published recipe:
 # GRPO as rayrl ran it before the family existed (token-mean, no std), Dr.GRPO (Liu et al. 2025: no std,
 # no length normalisation), DAPO (Yu et al. 2025: clip-higher, token-level, dynamic sampling), GSPO (Zheng
-# et al. 2025: sequence-level ratio, clip ranges of 3e-4 / 4e-4).
+# et al. 2025: sequence-level ratio, clip ranges of 3e-4 / 4e-4), PPO (Schulman et al. 2017, with a value
+# head and GAE; token-level advantages, so no group statistics and no resampling).
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": {"clip_low": 0.2, "clip_high": 0.2, "std_normalize": False, "loss_aggregation": "token_mean",
              "dynamic_sampling": False},
@@ -105,16 +106,22 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
              "dynamic_sampling": True},
     "gspo": {"clip_low": 3e-4, "clip_high": 4e-4, "std_normalize": True, "loss_aggregation": "seq_mean_token_mean",
              "dynamic_sampling": False},
+    "ppo": {"clip_low": 0.2, "clip_high": 0.2, "std_normalize": False, "loss_aggregation": "token_mean",
+            "dynamic_sampling": False, "gamma": 1.0, "gae_lambda": 1.0, "vf_coef": 0.1, "value_clip": 0.2,
+            "whiten_advantages": True},
 }
+# fields only PPO's value head uses: setting one under another algorithm is refused rather than ignored
+VALUE_HEAD_FIELDS = ("gamma", "gae_lambda", "vf_coef", "value_clip", "value_lr", "whiten_advantages")
 
 
 class AlgorithmConfig(Section):
     """The policy-gradient family. Fields left unset take ``algorithm.name``'s published defaults
     (``ALGORITHM_DEFAULTS``); a setting that contradicts the algorithm's definition is refused."""
 
-    name: Literal["grpo", "dr_grpo", "dapo", "gspo"] = Field(
+    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "ppo"] = Field(
         "grpo", description="RL algorithm: grpo, dr_grpo (no std or length normalisation), dapo (clip-higher, "
-        "token-level loss, dynamic sampling), gspo (sequence-level importance ratio). Sets the defaults below.",
+        "token-level loss, dynamic sampling), gspo (sequence-level importance ratio), ppo (a value head on the "
+        "policy and GAE advantages per token). Sets the defaults below.",
     )
     clip_low: float | None = Field(
         None, ge=0, description="Lower clip of the importance ratio: 1 - clip_low. Default 0.2 (gspo 3e-4)."
@@ -157,6 +164,29 @@ class AlgorithmConfig(Section):
         "loss", description="Where the KL penalty goes: in the loss (per token, with gradient) or subtracted from "
         "each sequence's reward before advantages (summed over its tokens, from the sampler's log-probs).",
     )
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Entropy bonus: subtract entropy_coef x the policy's entropy per token (at the "
+        "sampling temperature) from the loss; 0 = off (the entropy is reported either way).",
+    )
+    epochs: int = Field(
+        1, ge=1, description="Optimizer steps over each batch (PPO's epochs); beyond the first, the clipped "
+        "ratios (and value clipping) act. Each counts as a step of the learning-rate schedule.",
+    )
+    gamma: float | None = Field(None, ge=0, le=1, description="PPO: discount per token in GAE (default 1).")
+    gae_lambda: float | None = Field(
+        None, ge=0, le=1, description="PPO: GAE's lambda (default 1: the return minus the value; 0 = one-step TD)."
+    )
+    vf_coef: float | None = Field(None, ge=0, description="PPO: weight of the value loss (default 0.1).")
+    value_clip: float | None = Field(
+        None, ge=0, description="PPO: clip each value prediction to within value_clip of the batch's value "
+        "estimate, minimising the larger squared error (default 0.2; 0 = no clipping).",
+    )
+    value_lr: float | None = Field(
+        None, gt=0, description="PPO: learning rate of the value head (default optim.lr x 10)."
+    )
+    whiten_advantages: bool | None = Field(
+        None, description="PPO: normalise the batch's token advantages to mean 0, std 1 (default true)."
+    )
     max_off_policy_steps: int = Field(0, ge=0, description="Bounded staleness k (0 = synchronous).")
 
     @model_validator(mode="after")
@@ -165,6 +195,22 @@ class AlgorithmConfig(Section):
             raise ValueError(
                 "algorithm.std_normalize = true contradicts dr_grpo (no std normalisation by definition): "
                 "remove it, or use name = 'grpo'"
+            )
+        if self.name == "ppo" and (self.std_normalize or self.dynamic_sampling):
+            raise ValueError(
+                "algorithm.std_normalize and dynamic_sampling act on groups of rollouts; ppo's advantages come "
+                "from its value head (use whiten_advantages): remove them, or pick a group algorithm"
+            )
+        misplaced = [k for k in VALUE_HEAD_FIELDS if getattr(self, k) is not None]
+        if self.name != "ppo" and misplaced:
+            raise ValueError(
+                f"algorithm.{misplaced[0]} belongs to ppo's value head, and algorithm.name is '{self.name}': "
+                "set algorithm.name = 'ppo', or remove it"
+            )
+        if self.epochs > 1 and self.tis_cap is not None:
+            raise ValueError(
+                "algorithm.tis_cap assumes one optimizer step per batch (the learner before the update is the "
+                "reference of its weight); with epochs > 1 use the clipped ratio: remove tis_cap, or set epochs = 1"
             )
         for key, value in ALGORITHM_DEFAULTS[self.name].items():
             if getattr(self, key) is None:

@@ -37,6 +37,7 @@ INFO_FILE = "training_info.json"
 LATEST_FILE = "latest"
 MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE = "model.safetensors", "optimizer.pt", "scheduler.pt"
 ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoint holds its adapter instead of the model
+VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE = "value_head.safetensors", "value_optimizer.pt"  # PPO's, beside the policy
 REQUIRED_FILES = (OPTIMIZER_FILE,)  # besides the weights (model or adapter), training_info.json and its files
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STAGING_PREFIXES = (".tmp-step_", ".old-step_")
