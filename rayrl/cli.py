@@ -27,6 +27,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXPERIMENT_COMMANDS = ("train", "sft", "config")  # EXPERIMENT.toml then --section.key value overrides
+
+
+def experiment_and_overrides(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """The experiment file and the override tokens among a command's arguments (``tokens``, after the
+    subcommand). argparse alone would take an override's value for the experiment (``rayrl train
+    --max_steps 5``); here every ``--key`` without ``=`` owns the token after it, and the first token no flag
+    owns is the experiment. ``--output-dir`` and ``--reference`` (argparse's) are left out."""
+    experiment, overrides, i = None, [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token.startswith("--"):
+            takes_value = "=" not in token and token != "--reference"
+            owned = tokens[i + 1 : i + 2] if takes_value and i + 1 < len(tokens) and not tokens[i + 1].startswith("--") else []
+            if token.split("=", 1)[0] not in ("--output-dir", "--reference"):
+                overrides += [token, *owned]
+            i += 1 + len(owned)
+            continue
+        if experiment is None:
+            experiment = token
+        else:
+            overrides.append(token)  # a stray value: parse_overrides names it
+        i += 1
+    return experiment, overrides
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -44,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("experiment", nargs="?", help="experiment TOML file (default: built-in defaults)")
     train.add_argument("--output-dir", help="run folder (default runs/<name>-<timestamp>)")
+    sft = sub.add_parser(
+        "sft",
+        allow_abbrev=False,
+        help="supervised fine-tuning on Ray Train; its output's model/ is a model.name for rayrl train",
+        description="Fine-tune [model] on [sft] prompt/response data (JSONL or Parquet; default: the [[env]] "
+        "entries' reference answers). Any config key can be overridden: --sft.lr 1e-4 --sft.epochs 2.",
+    )
+    sft.add_argument("experiment", nargs="?", help="experiment TOML file (default: built-in defaults)")
+    sft.add_argument("--output-dir", help="run folder (default runs/<name>-sft-<timestamp>)")
     config = sub.add_parser("config", help="print the resolved config, or the reference of every key")
     config.add_argument("experiment", nargs="?")
     config.add_argument("--reference", action="store_true", help="print the Markdown table of every config key")
@@ -64,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command in EXPERIMENT_COMMANDS:
+        tokens = list(sys.argv[1:] if argv is None else argv)
+        args.experiment, rest = experiment_and_overrides(tokens[tokens.index(args.command) + 1 :])
     if hasattr(args, "run"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -90,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.model_dump_json(indent=2))
         return 0
     setup_logging(cfg.log.level)
-    from rayrl.driver import train
     from rayrl.errors import EnvError
+
+    if args.command == "sft":
+        return _sft(cfg)
+    from rayrl.driver import train
 
     try:
         result = train(cfg)
@@ -102,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done: {result.final_step} steps, run folder {result.output_dir}")
+    return 0
+
+
+def _sft(cfg) -> int:
+    from rayrl.sft import run_sft
+
+    try:
+        result = run_sft(cfg)
+    except RayrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"done: {result.steps} supervised steps{val}; model {result.model_dir}")
+    print(f"train from it with: rayrl train EXPERIMENT --model.name {result.model_dir} --warmstart.enabled false")
     return 0
 
 

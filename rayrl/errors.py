@@ -42,3 +42,7 @@ class WarmstartError(RayrlError, ValueError):
 
 class CommandError(RayrlError):
     """A subcommand's input is wrong in a way the message explains."""
+
+
+class DataError(RayrlError, ValueError):
+    """A data file (supervised fine-tuning's prompt/response table) that cannot be used as given."""

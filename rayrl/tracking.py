@@ -25,6 +25,17 @@ def format_step_line(m: dict[str, Any]) -> str:
     return line
 
 
+def format_sft_line(m: dict[str, Any], total_steps: int) -> str:
+    """The step line of supervised fine-tuning."""
+    if "loss" not in m:
+        return f"SFT step {m['step']}/{total_steps} | Val loss: {m['val_loss']:.4f} (before any update)"
+    line = (f"SFT step {m['step']}/{total_steps} | Epoch: {m['epoch']} | Loss: {m['loss']:.4f} | "
+            f"Throughput: {m['tokens_per_s']:.1f} tokens/s")
+    if "val_loss" in m:
+        line += f" | Val loss: {m['val_loss']:.4f}"
+    return line
+
+
 class MetricsWriter:
     """Appends step metrics to ``metrics.jsonl`` (and wandb when configured)."""
 

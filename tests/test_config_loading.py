@@ -281,7 +281,7 @@ def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
 
 def test_unknown_key_in_wrong_section_names_where_it_lives(tmp_path):
     path = write(tmp_path, "lr = 1e-4\n")
-    assert error(path).splitlines()[0] == f"{path}, line 1: unknown key 'lr'; did you mean 'warmstart.lr' or 'optim.lr'?"
+    assert error(path).splitlines()[0] == f"{path}, line 1: unknown key 'lr'; did you mean 'warmstart.lr', 'optim.lr' or 'sft.lr'?"
 
 
 def test_unknown_section(tmp_path):

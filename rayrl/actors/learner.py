@@ -171,6 +171,8 @@ class Learner:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
+        if dist.is_initialized():  # a Ray Train worker (rayrl sft): its trainer formed the group
+            return init_device_mesh(self.device.type, (self.world_size,))
         if master is None:
             raise ValueError("a distributed learner needs the master address of its group")
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -202,6 +204,31 @@ class Learner:
                 stats.append({"loss": loss.detach() / epochs, **micro_stats})
             grad_norms.append(self._step())
         return {**sum_stats(stats), "grad_norm": float(np.mean(grad_norms)), "lr": lr}
+
+    def supervised_update(self, samples: list[TrainSample], train: bool = True) -> float:
+        """Supervised fine-tuning (``rayrl sft``): this rank's share of the batch's weighted negative
+        log-likelihood (``algorithms.sft``); with ``train`` also one optimizer step. Collective."""
+        from rayrl.algorithms.sft import supervised_loss
+
+        mbs = self.cfg.learner.micro_batch_size
+        batches = [collate(samples[i : i + mbs], self.pad_id) for i in range(0, len(samples), mbs)]
+        total = 0.0
+        self.model.train(train)
+        for i, cpu_batch in enumerate(batches):
+            batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
+            if not train:
+                with torch.no_grad():
+                    total += float(supervised_loss(self.model, batch))
+                continue
+            if self.distributed:
+                self.model.set_requires_gradient_sync(i == len(batches) - 1)
+            loss = supervised_loss(self.model, batch)
+            (loss * self.world_size).backward()
+            total += float(loss.detach())
+        if train:
+            self._step()
+        self.model.train()
+        return total
 
     def _step(self) -> float:
         """Clip and apply the accumulated gradients (policy; PPO's value head with its own optimizer);

@@ -141,6 +141,19 @@ def anchor_paths(cfg: Config, experiment_dir: Path) -> None:
             env.path = str((experiment_dir / env.path).resolve())
         if env.reward is not None:
             env.reward = anchor_reward_spec(env.reward, experiment_dir)
+    cfg.sft.train_files = [anchor_file(f, experiment_dir) for f in cfg.sft.train_files]
+    cfg.sft.val_files = [anchor_file(f, experiment_dir) for f in cfg.sft.val_files]
+    if cfg.lora.adapter_path is not None:
+        cfg.lora.adapter_path = anchor_file(cfg.lora.adapter_path, experiment_dir)
+
+
+def anchor_file(target: str, base_dir: Path) -> str:
+    """A relative path that exists under the experiment file's folder, made absolute there; anything else
+    (a URI, an absolute path, a path meant for the working directory) as it is."""
+    if "://" in target or Path(target).expanduser().is_absolute():
+        return target
+    there = base_dir / target
+    return str(there.resolve()) if there.exists() else target
 
 
 def is_reward_file(target: str) -> bool:

@@ -123,7 +123,8 @@ def suggest_key(root: type[BaseModel], loc: Loc) -> str:
     # the exact key in another section says more than a near spelling here ('lr' is optim.lr, not lora)
     elsewhere = [k for k, _ in walk(root, "") if re.split(r"[. ]", k)[-1] == name]
     if elsewhere:
-        return "; did you mean " + " or ".join(f"'{k}'" for k in elsewhere) + "?"
+        names = [f"'{k}'" for k in elsewhere]
+        return "; did you mean " + (", ".join(names[:-1]) + " or " if len(names) > 1 else "") + names[-1] + "?"
     if match := difflib.get_close_matches(name, fields, n=1):
         return f"; did you mean '{prefix}{match[0]}'?"
     names = [str(p) for p in parent if not str(p).isdigit()]

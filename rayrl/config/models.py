@@ -270,6 +270,33 @@ class LoraConfig(Section):
     )
 
 
+class SftConfig(Section):
+    """Supervised fine-tuning (``rayrl sft EXPERIMENT.toml``): the learner group on Ray Train trains on
+    prompt/response pairs; its output folder's ``model`` is a ``model.name`` for ``rayrl train``. Uses
+    ``[model]``, ``[lora]``, ``[learner]`` (workers, resources, threads) and ``optim.betas``/``max_norm``."""
+
+    train_files: list[str] = Field(
+        default_factory=list, description="JSONL or Parquet files (paths or storage URIs) with prompt and response "
+        "columns; empty = the [[env]] entries' train examples with their reference answers (the warm-start's data).",
+    )
+    val_files: list[str] = Field(
+        default_factory=list, description="Validation files; empty = the last val_fraction of the training rows."
+    )
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of the rows held out when val_files is empty.")
+    prompt_key: str = Field("prompt", description="Column holding the prompt text.")
+    response_key: str = Field("response", description="Column holding the response text (the trained tokens).")
+    epochs: int = Field(1, ge=1, description="Passes over the training rows.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: all epochs).")
+    batch_size: int = Field(32, ge=1, description="Rows per optimizer step (over all workers).")
+    micro_batch_size: int = Field(8, ge=1, description="Rows per forward/backward pass on one worker.")
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps (then constant).")
+    eval_interval: int = Field(50, ge=0, description="Validation loss every this many steps (and at the end; 0 = end).")
+    save_interval: int = Field(0, ge=0, description="Checkpoint every this many steps (0 = only at the end).")
+    keep: int = Field(2, ge=1, description="Checkpoints Ray Train keeps (the newest).")
+
+
 class InferenceConfig(Section):
     replicas: int = Field(1, ge=1, description="Number of InferenceActors.")
     engine: Literal["transformers", "vllm"] = Field(
@@ -367,6 +394,7 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ckpt: CheckpointConfig = Field(default_factory=CheckpointConfig)

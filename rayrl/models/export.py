@@ -51,11 +51,12 @@ def resolve_checkpoint(source: str) -> tuple[str, int | None]:
         if loc.is_local:
             verify_folder(Path(loc.path), info.get("files") or {}, loc.uri)
         return loc.uri, int(info["step"])
-    if exists(loc.child("config.json")):
+    if exists(loc.child("config.json")) or exists(loc.child(ADAPTER_CONFIG)):  # a model or an adapter folder
         return loc.uri, None
     raise CheckpointError(
         f"{source}: neither a run folder (checkpoints/latest), a checkpoint (training_info.json) nor a model "
-        "folder (config.json): pass RUN_DIR, RUN_DIR/checkpoints/step_N or a Hugging Face model folder"
+        "or adapter folder (config.json, adapter_config.json): pass RUN_DIR, RUN_DIR/checkpoints/step_N or a "
+        "Hugging Face model folder"
     )
 
 
