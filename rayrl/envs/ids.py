@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 
-BUILTIN_IDS = ("arithmetic", "sat", "openspiel")
+BUILTIN_IDS = ("arithmetic", "sat", "openspiel", "affine:sat", "affine:abd", "affine:ded")
 GYMNASIUM_PREFIX, VERIFIERS_PREFIX = "gymnasium:", "verifiers:"
 
 

@@ -1,7 +1,7 @@
 """Resolve ``[[env]] id`` and ``args`` to an Environment, with errors that say what to do.
 
 Ids, in the order they are tried:
-- a built-in id: ``arithmetic``, ``sat``, ``openspiel``;
+- a built-in id: ``arithmetic``, ``sat`` (also ``affine:sat``), ``openspiel``, ``affine:abd``, ``affine:ded``;
 - ``gymnasium:<EnvId>`` (e.g. ``gymnasium:FrozenLake-v1``): a gymnasium environment through the text adapter;
 - ``verifiers:<id>`` or any other id: a verifiers environment, ``verifiers.load_environment(id, **args)``.
 """
@@ -40,7 +40,21 @@ def _openspiel() -> type[Environment]:
     return OpenSpielEnv
 
 
-BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = dict(zip(BUILTIN_IDS, (_arithmetic, _sat, _openspiel)))
+def _abd() -> type[Environment]:
+    from rayrl.envs.programs import AbductionEnv
+
+    return AbductionEnv
+
+
+def _ded() -> type[Environment]:
+    from rayrl.envs.programs import DeductionEnv
+
+    return DeductionEnv
+
+
+BUILTIN_ENVS: dict[str, Callable[[], type[Environment]]] = dict(
+    zip(BUILTIN_IDS, (_arithmetic, _sat, _openspiel, _sat, _abd, _ded))
+)
 
 
 def reraise_unless_missing(error: ModuleNotFoundError, package_module: str) -> None:

@@ -10,8 +10,9 @@ from rayrl.errors import DataError
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def read_pairs(path: str, prompt_key: str, response_key: str) -> list[tuple[str, str]]:
-    """The (prompt, response) rows of one file; its format comes from the name (.jsonl/.json, .parquet)."""
+def read_table(path: str):
+    """A JSONL or Parquet file (by its name: .jsonl/.json, .parquet/.pq), local or at a storage URI, as a
+    pyarrow Table; DataError naming the file when it is missing or does not parse."""
     import pyarrow.fs as pafs
 
     from rayrl.storage.location import is_uri
@@ -28,6 +29,12 @@ def read_pairs(path: str, prompt_key: str, response_key: str) -> list[tuple[str,
         raise
     except Exception as e:  # noqa: BLE001 - pyarrow's parse errors carry the line; pass them on with the file
         raise DataError(f"{path}: cannot read it as {FORMATS[suffix].upper()}: {e}") from None
+    return table
+
+
+def read_pairs(path: str, prompt_key: str, response_key: str) -> list[tuple[str, str]]:
+    """The (prompt, response) rows of one file (:func:`read_table`), checked: both columns, text in every row."""
+    table = read_table(path)
     missing = [k for k in (prompt_key, response_key) if k not in table.column_names]
     if missing:
         raise DataError(
