@@ -35,6 +35,8 @@ from rayrl.models.loading import resolve_base_model
 from rayrl.models.source import cluster_nodes, model_source
 from rayrl.models.warmstart import check_warm_start
 from rayrl.plotting import plot_training_curves
+from rayrl.sft import MODEL_DIR as SFT_MODEL_DIR
+from rayrl.sft import run_sft
 from rayrl.storage.checkpoints import CheckpointStore
 from rayrl.storage.run_folder import RunFolder
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
@@ -412,15 +414,59 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def train(cfg: Config, on_eval: EvalCallback | None = None) -> RunResult:
-    """Run ``cfg`` end to end on the connected (or a new local) Ray cluster (``on_eval``: see ``Trainer.run``)."""
+    """Run ``cfg`` end to end on the connected (or a new local) Ray cluster (``on_eval``: see ``Trainer.run``):
+    the ``[sft]`` stage first when ``sft.enabled``, RL, and the export when ``export.at_end``."""
     import ray
 
+    sft_cfg = None
+    if cfg.sft.enabled:  # RL starts from the stage's model: <output_dir>/sft/model
+        sft_cfg, cfg = sft_stage_configs(cfg)
     trainer = Trainer(cfg)  # validates the output folder and resume point before any actor starts
-    owns_ray = connect(cfg.ray)
+    # Ray Train's controller watchdog (the SFT stage) asks the dashboard's state API
+    owns_ray = connect(cfg.ray.model_copy(update={"dashboard": True}) if sft_cfg else cfg.ray)
     try:
+        if sft_cfg is not None:
+            run_sft_stage(sft_cfg)
         trainer.start_actors()
-        return trainer.run(on_eval)
+        result = trainer.run(on_eval)
     finally:
         trainer.shutdown()
         if owns_ray:
             ray.shutdown()
+    if cfg.export.at_end:
+        from rayrl.models.export import export_model
+
+        exported = export_model(result.output_uri, Path(result.output_dir) / "export", dtype=cfg.export.dtype, force=True)
+        log.info("exported step %s as %s to %s", exported.step, exported.dtype, exported.out_dir)
+    return result
+
+
+def sft_stage_configs(cfg: Config) -> tuple[Config, Config]:
+    """The SFT stage's config (its folder ``<output_dir>/sft``) and the RL config that starts from its model."""
+    out = Path(resolve_output_dir(cfg))
+    if "://" in str(out):
+        raise CheckpointError("sft.enabled needs a local --output-dir (run rayrl sft first, then train from its model)")
+    stage = out / "sft"
+    sft_cfg = cfg.model_copy(update={"output_dir": str(stage)})
+    rl_cfg = cfg.model_copy(update={
+        "output_dir": str(out), "model": cfg.model.model_copy(update={"name": str(stage / SFT_MODEL_DIR)}),
+        "warmstart": cfg.warmstart.model_copy(update={"enabled": False}),
+    })
+    return sft_cfg, rl_cfg
+
+
+def run_sft_stage(sft_cfg: Config) -> None:
+    """Fine-tune into ``sft_cfg.output_dir`` unless a finished stage is there (a resumed run); a stage that
+    stopped before writing its model is removed and run again."""
+    import shutil
+
+    stage = Path(sft_cfg.output_dir)
+    if (stage / SFT_MODEL_DIR / "config.json").exists():
+        log.info("SFT stage: reusing %s", stage / SFT_MODEL_DIR)
+        return
+    if stage.exists():
+        log.warning("SFT stage: %s holds an unfinished stage; running it again", stage)
+        shutil.rmtree(stage)
+    result = run_sft(sft_cfg)
+    log.info("SFT stage: %d steps, validation loss %s; RL starts from %s", result.steps,
+             f"{result.val_loss:.4f}" if result.val_loss is not None else "-", result.model_dir)

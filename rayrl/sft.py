@@ -117,7 +117,7 @@ def run_sft(cfg: Config) -> SftResult:
         out.mkdir(parents=True, exist_ok=True)
         log.info("supervised fine-tuning %s on %d rows (%d validation), %d epoch(s), batch %d, %s; output %s",
                  cfg.model.name, len(train_rows.rows), len(val_rows.rows), cfg.sft.epochs, cfg.sft.batch_size,
-                 "LoRA" if cfg.lora.enabled else "full weights", out)
+                 "LoRA" if learner_config(cfg).lora.enabled else "full weights", out)
         lc = cfg.learner
         workers = max(1, lc.workers)
         trainer = TorchTrainer(
@@ -151,7 +151,9 @@ def run_sft(cfg: Config) -> SftResult:
 def learner_config(cfg: Config) -> Config:
     """The learner's view of an SFT run: ``[sft]``'s optimizer settings, no RL extras (reference, value head)."""
     s = cfg.sft
+    lora = cfg.lora if s.lora is None else cfg.lora.model_copy(update={"enabled": s.lora})
     return cfg.model_copy(update={
+        "lora": lora,
         "optim": cfg.optim.model_copy(update={"lr": s.lr, "weight_decay": s.weight_decay, "warmup_steps": s.warmup_steps}),
         "learner": cfg.learner.model_copy(update={"micro_batch_size": s.micro_batch_size}),
         "algorithm": type(cfg.algorithm)(),

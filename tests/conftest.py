@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed's CPU ops compile once (about a minute) into the repository's ignored .cache/ (tests/test_deepspeed.py)
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
 # Credentials of the moto S3 server (s3_server below), set before the session's Ray cluster starts so its
 # actors inherit them, as the nodes of a real cluster have theirs. Never a developer's real AWS account.
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")

@@ -412,3 +412,17 @@ def _leaf_count(model: type[BaseModel]) -> int:
         item = get_args(ann)[0] if get_origin(ann) is list else ann
         count += _leaf_count(item) if isinstance(item, type) and issubclass(item, BaseModel) else 1
     return count
+
+
+def test_deepspeed_refuses_what_it_does_not_support(tmp_path):
+    from pydantic import ValidationError
+
+    from rayrl.config import Config
+
+    for extra, message in (({"learner": {"workers": 0}}, "needs learner.workers >= 1"),
+                           ({"lora": {"enabled": True}}, "LoRA runs on 'fsdp2'"),
+                           ({"output_dir": "s3://bucket/run"}, "not a URI")):
+        raw = {"learner": {"strategy": "deepspeed", **extra.pop("learner", {})}, **extra}
+        with pytest.raises(ValidationError, match=message):
+            Config.model_validate(raw)
+    assert Config.model_validate({"learner": {"strategy": "deepspeed", "zero_stage": 3}}).learner.zero_stage == 3

@@ -29,7 +29,7 @@ from rayrl.errors import ConfigError
 from rayrl.models.source import ModelSource, local_model_dir
 from rayrl.models.value_head import ValueHead, load_value_head, reduce_gradients, save_value_head
 from rayrl.storage.checkpoints import (
-    ADAPTER_FILE, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE,
+    ADAPTER_FILE, DEEPSPEED_DIR, MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE,
 )
 
 
@@ -85,7 +85,11 @@ class Learner:
         source = resume_dir or base_dir
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        mesh = self._init_group(master) if self.distributed else None
+        self.engine = None  # learner.strategy = "deepspeed": the DeepSpeed engine around self.model
+        deepspeed = self.cfg.learner.strategy == "deepspeed"
+        mesh = self._init_group(master) if self.distributed or deepspeed else None
+        if deepspeed:
+            mesh = None  # DeepSpeed partitions; no fully_shard
         self.lora = self.cfg.lora.enabled
         if self.lora:  # the base model plus an adapter: the checkpoint's, lora.adapter_path's, or a fresh one
             self.model = self._load(base_dir, mesh, adapter=resume_dir or self.cfg.lora.adapter_path or "").train()
@@ -105,11 +109,54 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
         )
+        if deepspeed:
+            self._wrap_deepspeed()
         self.value_head = None
         if self.cfg.algorithm.name == "ppo":
             self._setup_value_head(resume_dir)
         if resume_dir:
             self._load_training_state(Path(resume_dir))
+
+    def _wrap_deepspeed(self) -> None:
+        """learner.strategy = "deepspeed": ZeRO (``learner.zero_stage``) around the model and the AdamW above.
+        Gradient clipping is DeepSpeed's; the learning-rate schedule stays ours (it acts on the same param
+        groups). Its shared-memory all-reduce op compiles once into TORCH_EXTENSIONS_DIR (default: rayrl's cache)."""
+        import logging
+        import os
+
+        from rayrl.models.loading import cache_root
+
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_root(self.cfg) / "torch_extensions"))
+        # Ray gives each learner actor its own device(s): device 0 is this rank's (Ray Train sets its own)
+        os.environ.setdefault("LOCAL_RANK", "0")
+        import deepspeed
+
+        deepspeed.utils.logger.setLevel(logging.WARNING)
+        lc = self.cfg.learner
+        config = {
+            "train_micro_batch_size_per_gpu": lc.micro_batch_size, "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": lc.zero_stage}, "gradient_clipping": self.cfg.optim.max_norm,
+            "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"}, "fp16": {"enabled": self.cfg.model.dtype == "float16"},
+            "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
+        }
+        self.engine, *_ = deepspeed.initialize(model=self.model, optimizer=self.optimizer, config=config,
+                                               dist_init_required=False)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What forward passes go through: the DeepSpeed engine (which gathers ZeRO-3 parameters), else the model."""
+        return self.engine if self.engine is not None else self.model
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """Accumulate ``loss``'s gradient (scaled by the world size: FSDP and DeepSpeed average over ranks, the
+        batch's loss is their sum); gradients are reduced across ranks at the ``last`` micro-batch only."""
+        if self.engine is not None:
+            self.engine.set_gradient_accumulation_boundary(last)
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            return
+        if self.distributed:
+            self.model.set_requires_gradient_sync(last)
+        (loss * self.world_size).backward()
 
     def _setup_value_head(self, resume_dir: str | None) -> None:
         """PPO's value head and its optimizer: the checkpoint's when resuming (or starting from a PPO
@@ -195,12 +242,9 @@ class Learner:
         reference = self.reference if self.loss_settings.kl_coef else None  # kl_in = "reward": the driver's
         for _ in range(epochs):
             for i, cpu_batch in enumerate(batches):
-                if self.distributed:  # reduce gradients across ranks once, after the last micro-batch
-                    self.model.set_requires_gradient_sync(i == len(batches) - 1)
                 batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
-                loss, micro_stats = policy_loss(self.model, batch, self.loss_settings, reference, self.value_head)
-                # FSDP averages gradients over ranks; scale so the result is the sum over the whole batch.
-                (loss * self.world_size).backward()
+                loss, micro_stats = policy_loss(self.net, batch, self.loss_settings, reference, self.value_head)
+                self._backward(loss, last=i == len(batches) - 1)
                 stats.append({"loss": loss.detach() / epochs, **micro_stats})
             grad_norms.append(self._step())
         return {**sum_stats(stats), "grad_norm": float(np.mean(grad_norms)), "lr": lr}
@@ -218,12 +262,10 @@ class Learner:
             batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
             if not train:
                 with torch.no_grad():
-                    total += float(supervised_loss(self.model, batch))
+                    total += float(supervised_loss(self.net, batch))
                 continue
-            if self.distributed:
-                self.model.set_requires_gradient_sync(i == len(batches) - 1)
-            loss = supervised_loss(self.model, batch)
-            (loss * self.world_size).backward()
+            loss = supervised_loss(self.net, batch)
+            self._backward(loss, last=i == len(batches) - 1)
             total += float(loss.detach())
         if train:
             self._step()
@@ -239,6 +281,10 @@ class Learner:
             torch.nn.utils.clip_grad_norm_(self.value_head.parameters(), self.cfg.optim.max_norm)
             self.value_optimizer.step()
             self.value_optimizer.zero_grad(set_to_none=True)
+        if self.engine is not None:  # clips (gradient_clipping), steps and zeroes the gradients
+            self.engine.step()
+            self.scheduler.step()
+            return float(self.engine.get_global_grad_norm() or 0.0)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_norm)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
@@ -267,7 +313,7 @@ class Learner:
         for start in range(0, len(samples), mbs):
             micro = samples[start : start + mbs]
             ids = collate(micro, self.pad_id)["input_ids"].to(self.device)
-            values = sequence_outputs(self.model, ids, self.value_head)[1].float().cpu().numpy()
+            values = sequence_outputs(self.net, ids, self.value_head)[1].float().cpu().numpy()
             out.extend(values[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
         return out
 
@@ -279,6 +325,14 @@ class Learner:
         layer travels and is saved once, as the embedding. ``adapter_only``: the LoRA tensors alone
         (nothing else is gathered).
         """
+        if self.engine is not None and self.cfg.learner.zero_stage == 3:  # partitioned parameters: gather them
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+                return self._state_dict_on_rank0(adapter_only)
+        return self._state_dict_on_rank0(adapter_only)
+
+    def _state_dict_on_rank0(self, adapter_only: bool) -> dict[str, torch.Tensor]:
         tensors = {}
         # the adapter's tensors are parameters: walking them skips building the whole model's state dict
         named = ((n, p) for n, p in self.model.named_parameters() if "lora_" in n) if adapter_only else None
@@ -342,12 +396,19 @@ class Learner:
             from peft import get_peft_model_state_dict
 
             model_sd = get_peft_model_state_dict(self.model, state_dict=model_sd) if self.rank == 0 else {}
-        optim_sd = get_optimizer_state_dict(
-            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        location = open_location(target)
+        optim_sd = None
+        if self.engine is not None:  # every rank writes its ZeRO partition (a folder they all see: checked in config)
+            self.engine.save_checkpoint(str(Path(location.path) / DEEPSPEED_DIR), tag="state", save_latest=False)
+            import torch.distributed as dist
+
+            dist.barrier()
+        else:
+            optim_sd = get_optimizer_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         if self.rank != 0:
             return None
-        location = open_location(target)
         with tempfile.TemporaryDirectory(prefix="rayrl-ckpt-") as scratch:
             out = Path(location.path) if location.is_local else Path(scratch)
             out.mkdir(parents=True, exist_ok=True)
@@ -358,7 +419,8 @@ class Learner:
             else:
                 self.model.config.save_pretrained(out)
             self.tokenizer.save_pretrained(out)
-            torch.save(optim_sd, out / OPTIMIZER_FILE)
+            if optim_sd is not None:
+                torch.save(optim_sd, out / OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), out / SCHEDULER_FILE)
             if self.value_head is not None:
                 save_value_head(self.value_head, self.value_optimizer, out, VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE)
@@ -367,6 +429,11 @@ class Learner:
 
     def _load_training_state(self, directory: Path) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        if self.engine is not None:  # DeepSpeed's own checkpoint: module, ZeRO-partitioned optimizer state
+            self.engine.load_checkpoint(str(directory / DEEPSPEED_DIR), tag="state", load_lr_scheduler_states=False)
+            self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=False))
+            return
 
         optim_sd = torch.load(directory / OPTIMIZER_FILE, weights_only=False) if self.rank == 0 else {}
         set_optimizer_state_dict(
@@ -378,7 +445,7 @@ class Learner:
     def shutdown(self) -> None:
         import torch.distributed as dist
 
-        if self.distributed and dist.is_initialized():
+        if (self.distributed or self.engine is not None) and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -401,7 +468,8 @@ class LearnerGroup:
             self.local.setup(None, model, resume)
         else:
             self._start_actors(cfg, namespace)
-            master = self._call("address")[0] if len(self.actors) > 1 else None
+            # DeepSpeed needs a process group even for one rank
+            master = self._call("address")[0] if len(self.actors) > 1 or cfg.learner.strategy == "deepspeed" else None
             self._call("setup", master, model, resume)
 
     def _start_actors(self, cfg: Config, namespace: str) -> None:

@@ -275,6 +275,10 @@ class SftConfig(Section):
     prompt/response pairs; its output folder's ``model`` is a ``model.name`` for ``rayrl train``. Uses
     ``[model]``, ``[lora]``, ``[learner]`` (workers, resources, threads) and ``optim.betas``/``max_norm``."""
 
+    enabled: bool = Field(
+        False, description="rayrl train first runs this stage into <output_dir>/sft and starts RL from its model "
+        "(the warm-start is skipped; a resumed run reuses the finished stage).",
+    )
     train_files: list[str] = Field(
         default_factory=list, description="JSONL or Parquet files (paths or storage URIs) with prompt and response "
         "columns; empty = the [[env]] entries' train examples with their reference answers (the warm-start's data).",
@@ -285,6 +289,10 @@ class SftConfig(Section):
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of the rows held out when val_files is empty.")
     prompt_key: str = Field("prompt", description="Column holding the prompt text.")
     response_key: str = Field("response", description="Column holding the response text (the trained tokens).")
+    lora: bool | None = Field(
+        None, description="Train a LoRA adapter ([lora] settings) in this stage; default: as lora.enabled (a model "
+        "built from scratch needs false: its full weights must learn).",
+    )
     epochs: int = Field(1, ge=1, description="Passes over the training rows.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (default: all epochs).")
     batch_size: int = Field(32, ge=1, description="Rows per optimizer step (over all workers).")
@@ -295,6 +303,13 @@ class SftConfig(Section):
     eval_interval: int = Field(50, ge=0, description="Validation loss every this many steps (and at the end; 0 = end).")
     save_interval: int = Field(0, ge=0, description="Checkpoint every this many steps (0 = only at the end).")
     keep: int = Field(2, ge=1, description="Checkpoints Ray Train keeps (the newest).")
+
+
+class ExportConfig(Section):
+    """The finished run as a Hugging Face model folder (``rayrl export`` at the end of ``rayrl train``)."""
+
+    at_end: bool = Field(False, description="Export the last checkpoint to <output_dir>/export (adapter merged).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Parameter dtype of the export.")
 
 
 class InferenceConfig(Section):
@@ -324,6 +339,14 @@ class LearnerConfig(Section):
     cpus_per_worker: float = Field(1.0, ge=0, description="CPUs reserved by each learner.")
     threads: int = Field(2, ge=1, description="torch intra-op threads of each learner.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass on one learner.")
+    strategy: Literal["fsdp2", "deepspeed"] = Field(
+        "fsdp2", description="How the learners shard the policy: fsdp2 (torch's fully_shard), or deepspeed (ZeRO, "
+        "pip install -c constraints.txt -e '.[deepspeed]'; full weights, checkpoints in a folder every rank sees).",
+    )
+    zero_stage: Literal[2, 3] = Field(
+        2, description="strategy = deepspeed: ZeRO stage (2: optimizer state and gradients partitioned; 3: also the "
+        "parameters).",
+    )
 
 
 class RolloutConfig(Section):
@@ -395,6 +418,7 @@ class Config(Section):
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ckpt: CheckpointConfig = Field(default_factory=CheckpointConfig)
@@ -414,6 +438,16 @@ class Config(Section):
                 f"sampling.max_tokens ({self.sampling.max_tokens}) must be below seq_len ({self.seq_len}), "
                 "which bounds prompt plus completion"
             )
+        if self.learner.strategy == "deepspeed":
+            if self.learner.workers == 0:
+                raise ValueError("learner.strategy = 'deepspeed' needs learner.workers >= 1 (ranks in actors)")
+            if self.lora.enabled or (self.sft.enabled and self.sft.lora):
+                raise ValueError("learner.strategy = 'deepspeed' trains full weights; LoRA runs on 'fsdp2'")
+            if "://" in (self.ckpt.dir or self.output_dir or ""):
+                raise ValueError(
+                    "learner.strategy = 'deepspeed': every rank writes its ZeRO partition into the checkpoint, so "
+                    "ckpt.dir (or the output folder) must be a folder they all see, not a URI"
+                )
         tiny = self.model.tiny
         if self.model.name.startswith("builtin:") and self.inference.engine == "vllm":
             head_dim = tiny.hidden_size // tiny.num_heads

@@ -38,7 +38,7 @@ LATEST_FILE = "latest"
 MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE = "model.safetensors", "optimizer.pt", "scheduler.pt"
 ADAPTER_FILE = "adapter_model.safetensors"  # a LoRA run's checkpoint holds its adapter instead of the model
 VALUE_HEAD_FILE, VALUE_OPTIMIZER_FILE = "value_head.safetensors", "value_optimizer.pt"  # PPO's, beside the policy
-REQUIRED_FILES = (OPTIMIZER_FILE,)  # besides the weights (model or adapter), training_info.json and its files
+DEEPSPEED_DIR = "deepspeed"  # learner.strategy = "deepspeed": its own checkpoint (ZeRO partitions) holds the optimizer
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STAGING_PREFIXES = (".tmp-step_", ".old-step_")
 
@@ -106,7 +106,8 @@ class CheckpointStore:
             manifest = self.read_info(step).get("files")
         except (OSError, ValueError):
             return False
-        if not all(name in present for name in REQUIRED_FILES) or not (MODEL_FILE in present or ADAPTER_FILE in present):
+        optimizer = OPTIMIZER_FILE in present or any(name.startswith(DEEPSPEED_DIR + "/") for name in present)
+        if not optimizer or not (MODEL_FILE in present or ADAPTER_FILE in present):
             return False  # the weights (model or adapter) and the optimizer state, always
         return all(present.get(name) == entry["size"] for name, entry in (manifest or {}).items())
 
