@@ -8,49 +8,41 @@ from typing import Any
 
 def plot_training_curves(metrics: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Train reward per step and held-out eval reward, against step; saved as PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(m["step"], m["reward_mean"]) for m in metrics if "reward_mean" in m]
-    evals = [(m["step"], m["eval_reward_mean"]) for m in metrics if "eval_reward_mean" in m]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), color="tab:blue", alpha=0.35, linewidth=1, label="train reward (sampled)")
-    if evals:
-        ax.plot(*zip(*evals), color="tab:red", marker="o", markersize=3, label="held-out eval reward")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _plot_two_series(
+        [(m["step"], m["reward_mean"]) for m in metrics if "reward_mean" in m], "train reward (sampled)",
+        [(m["step"], m["eval_reward_mean"]) for m in metrics if "eval_reward_mean" in m], "held-out eval reward",
+        path, title, ylabel="reward", ylim=(-0.02, 1.02), legend="lower right",
+    )
 
 
 def plot_sft_curves(metrics: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Supervised fine-tuning's training and validation loss against step, saved as PNG at ``path``."""
+    return _plot_two_series(
+        [(m["step"], m["loss"]) for m in metrics if "loss" in m], "training loss (batch)",
+        [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m], "validation loss",
+        path, title, ylabel="mean negative log-likelihood per response token", ylim=None, legend="upper right",
+    )
+
+
+def _plot_two_series(noisy: list, noisy_label: str, measured: list, measured_label: str, path: str | Path, title: str,
+                     ylabel: str, ylim: tuple[float, float] | None, legend: str) -> Path:  # fmt: skip
+    """A faint per-step series and a marked periodic one against step, as PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
-    val = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), color="tab:blue", alpha=0.5, linewidth=1, label="training loss (batch)")
-    if val:
-        ax.plot(*zip(*val), color="tab:red", marker="o", markersize=3, label="validation loss")
+    if noisy:
+        ax.plot(*zip(*noisy), color="tab:blue", alpha=0.4, linewidth=1, label=noisy_label)
+    if measured:
+        ax.plot(*zip(*measured), color="tab:red", marker="o", markersize=3, label=measured_label)
     ax.set_xlabel("step")
-    ax.set_ylabel("mean negative log-likelihood per response token")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc=legend)
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)

@@ -125,6 +125,12 @@ def test_a_lora_run_checkpoints_the_adapter_resumes_bit_for_bit_and_exports_merg
     expected = merged.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids))[0, 5:]
     assert served.completions[0].token_ids == expected.tolist()[: len(served.completions[0].token_ids)]
 
+    # rayrl eval takes a LoRA run's checkpoints (adapter folders) as they are
+    from rayrl.cli import main
+
+    assert main(["eval", str(tmp_path / "straight"), "--steps", "latest", "--num-examples", "8"]) == 0
+    assert (tmp_path / "straight" / "eval" / "step_3" / "summary.json").is_file()
+
 
 def test_an_adapter_replicas_cannot_merge_is_refused_up_front(small_config, tiny_model_path):
     """An embedding adapter would never reach the replicas (they merge B @ A into linear layers): refused."""

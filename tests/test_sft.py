@@ -21,6 +21,7 @@ from rayrl.models.export import export_model
 from rayrl.sft import run_sft
 from rayrl.storage.tables import read_pairs
 from rayrl.tracking import read_metrics
+from test_export import greedy
 
 NO_EVAL = {"eval": {"interval": 0, "at_start": False}}
 
@@ -38,20 +39,6 @@ def write_jsonl(path, rows):
 def sft_config(small_config, out, **sft):
     return small_config(out, warmstart={"enabled": False}, sft={"lr": 3e-3, "batch_size": 32, "micro_batch_size": 16,
                                                                 "eval_interval": 0, **sft})
-
-
-def greedy(model_dir, prompts=("12+34=", "7+58=", "90+9=")):
-    from transformers import AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    out = []
-    for prompt in prompts:
-        ids = torch.tensor([tok(prompt).input_ids])
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
-        out.append(gen[0, ids.shape[1]:].tolist())
-    return out
 
 
 def test_sft_then_rl_then_export_round_trip(ray_cluster, small_config, tmp_path):

@@ -95,8 +95,8 @@ def evaluate_model(
         raise RuntimeError("evaluate_model: Ray is not initialised; call rayrl.cluster.connect(cfg.ray) first")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    if not Path(model_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model directory (no config.json)")
+    if not any(Path(model_dir, name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise FileNotFoundError(f"{model_dir} is not a model or LoRA adapter directory (no config.json)")
     temperature = cfg.eval.temperature if temperature is None else temperature
     if temperature == 0 and samples > 1:
         log.warning("temperature 0 (greedy) with %d samples per example: the samples are identical", samples)
