@@ -15,6 +15,7 @@ from rayrl.tracking import read_metrics  # noqa: E402
 from test_learner import model_and_tokenizer, samples_with_known_ratios  # noqa: E402, F401
 
 
+@pytest.mark.slow
 def test_zero_2_and_3_match_fsdp2_on_one_batch(ray_cluster, small_config, tiny_model_path, model_and_tokenizer):
     model, tok = model_and_tokenizer
     samples, expected, _ = samples_with_known_ratios(model, tok)
@@ -38,6 +39,7 @@ def test_zero_2_and_3_match_fsdp2_on_one_batch(ray_cluster, small_config, tiny_m
             torch.testing.assert_close(sd[key], fsdp_sd[key], rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
 
 
+@pytest.mark.slow
 def test_a_deepspeed_run_resumes_bit_for_bit(ray_cluster, small_config, base_model_path, tmp_path):
     ds = {"learner": {"workers": 2, "strategy": "deepspeed", "zero_stage": 3},
           "ckpt": {"interval": 0, "at_end": True, "keep": 0}, "eval": {"interval": 0, "at_start": False}}

@@ -127,6 +127,7 @@ PPO = {"algorithm": {"name": "ppo", "epochs": 2, "entropy_coef": 0.001}, "learne
        "ckpt": {"interval": 0, "at_end": True, "keep": 0}, "eval": {"interval": 0, "at_start": False}}
 
 
+@pytest.mark.slow
 def test_ppo_trains_its_value_head_and_resumes_bit_for_bit(ray_cluster, small_config, base_model_path, tmp_path):
     """On 2 FSDP ranks with 2 epochs a batch: the value head learns (its estimates move off 0, its loss is
     reported), it is checkpointed beside the policy, and a run stopped at step 2 and resumed matches the

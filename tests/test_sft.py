@@ -41,6 +41,7 @@ def sft_config(small_config, out, **sft):
                                                                 "eval_interval": 0, **sft})
 
 
+@pytest.mark.slow
 def test_sft_then_rl_then_export_round_trip(ray_cluster, small_config, tmp_path):
     """SFT on a JSONL file over 2 FSDP workers lowers the validation loss by a margin; its model/ is the
     model.name of an RL run; that run's checkpoint exports to a folder that reloads and generates the
@@ -59,6 +60,7 @@ def test_sft_then_rl_then_export_round_trip(ray_cluster, small_config, tmp_path)
     assert greedy(tmp_path / "hf") != greedy(sft.model_dir)  # RL changed the model (or the check proves nothing)
 
 
+@pytest.mark.slow
 def test_sft_with_lora_on_parquet_merges_its_adapter(ray_cluster, small_config, tmp_path):
     """Parquet files with other column names, a separate validation file, LoRA: the output is a full model
     folder (adapter merged) whose validation loss fell."""
