@@ -98,6 +98,8 @@ class Trainer:
             self.store.verify(self.resume_info["step"])
             self.run_folder.fetch()
         self.run_folder.create()
+        if self.resume_uri is None:
+            self.run_folder.set_aside_stale_metrics()
         for name in self.store.remove_incomplete():
             log.warning("removed %s, the leftover of an interrupted checkpoint save", name)
         self.train_examples = [env.examples("train") for env in self.envs]

@@ -9,8 +9,7 @@ from typing import Any
 def plot_training_curves(metrics: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Train reward per step and held-out eval reward, against step; saved as PNG at ``path``."""
     return _plot_two_series(
-        [(m["step"], m["reward_mean"]) for m in metrics if "reward_mean" in m], "train reward (sampled)",
-        [(m["step"], m["eval_reward_mean"]) for m in metrics if "eval_reward_mean" in m], "held-out eval reward",
+        series(metrics, "reward_mean"), "train reward (sampled)", series(metrics, "eval_reward_mean"), "held-out eval reward",
         path, title, ylabel="reward", ylim=(-0.02, 1.02), legend="lower right",
     )
 
@@ -18,10 +17,14 @@ def plot_training_curves(metrics: list[dict[str, Any]], path: str | Path, title:
 def plot_sft_curves(metrics: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Supervised fine-tuning's training and validation loss against step, saved as PNG at ``path``."""
     return _plot_two_series(
-        [(m["step"], m["loss"]) for m in metrics if "loss" in m], "training loss (batch)",
-        [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m], "validation loss",
+        series(metrics, "loss"), "training loss (batch)", series(metrics, "val_loss"), "validation loss",
         path, title, ylabel="mean negative log-likelihood per response token", ylim=None, legend="upper right",
     )
+
+
+def series(metrics: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every record holding a number under ``key`` (null, as non-finite values are written, skipped)."""
+    return [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
 
 
 def _plot_two_series(noisy: list, noisy_label: str, measured: list, measured_label: str, path: str | Path, title: str,

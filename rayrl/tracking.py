@@ -53,13 +53,24 @@ class MetricsWriter:
 
     def write(self, metrics: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json.dumps(json_safe(metrics), allow_nan=False) + "\n")
         if self._wandb is not None:
             self._wandb.log(metrics, step=metrics["step"])
 
     def close(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def json_safe(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` as strict JSON allows: a NaN or infinite value becomes null and its key is listed under
+    ``"nonfinite"`` (so metrics.jsonl stays valid JSON that any reader parses)."""
+    import math
+
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return metrics
+    return {**{k: (None if k in bad else v) for k, v in metrics.items()}, "nonfinite": bad}
 
 
 def truncate_after(path: Path, step: int) -> None:

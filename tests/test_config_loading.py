@@ -316,7 +316,7 @@ def test_wrong_type_in_file(tmp_path):
         ("[log]\nprogress = 3\n", "line 2: key 'log.progress' expects a bool, got 3 (int)"),
         ("[optim]\nbetas = [0.9]\n", "line 2: key 'optim.betas' expects an array [float, float], got [0.9] (list)"),
         ("optim = 5\n", "line 1: key 'optim' expects a table, got 5 (int)"),
-        ("[[env]]\nargs = 3\n", "line 2: key 'env.0.args' expects a table, got 3 (int)"),
+        ("[[env]]\nid = 'sat'\nargs = 3\n", "line 3: key 'env.0.args' expects a table, got 3 (int)"),
     ],
 )
 def test_wrong_types_name_the_expected_type(tmp_path, toml, expected):
@@ -394,7 +394,7 @@ def test_reference_markdown_lists_every_key():
     assert len(keys) == len(set(keys))
     assert "`optim.lr` | float | `0.0001` | AdamW learning rate. |" in text
     assert "| `model.tiny.hidden_size` | int | `128` |" in text
-    assert "| `[[env]] id` | string | `\"arithmetic\"` | Environment id (builtin name). |" in text
+    assert "| `[[env]] id` | string | required | Environment id: a built-in name" in text
     assert "| `[[env]] args` | table | `{}` |" in text
     assert "| `ckpt.keep` | int | `3` |" in text
     assert "| `ckpt.resume_step` | int or None | `None` |" in text
@@ -426,3 +426,11 @@ def test_deepspeed_refuses_what_it_does_not_support(tmp_path):
         with pytest.raises(ValidationError, match=message):
             Config.model_validate(raw)
     assert Config.model_validate({"learner": {"strategy": "deepspeed", "zero_stage": 3}}).learner.zero_stage == 3
+
+
+def test_an_env_entry_without_id_is_refused_not_trained_as_arithmetic(tmp_path):
+    path = write(tmp_path, "max_steps = 3\n\n[[env]]\nargs = { digits = 2 }\n")
+    assert error(path).splitlines()[0] == (
+        f"{path}, line 3: 'env.0' has no key 'id', which is required: Environment id: a built-in name (arithmetic, "
+        "sat, openspiel, affine:abd, ...), gymnasium:<EnvId>, or a verifiers environment. Required in every [[env]] entry."
+    )

@@ -78,6 +78,12 @@ def validate(model: type[M], raw: dict, toml: TomlFile, origins: Mapping[KeyPath
 def describe(err: dict, root: type[BaseModel], toml: TomlFile, origins: Mapping[KeyPath, str]) -> str:
     """One line for one pydantic error: where it is, which key, what was expected."""
     loc, etype = tuple(err["loc"]), err["type"]
+    parent = annotation_at(root, loc[:-1]) if etype == "missing" and loc else None
+    if parent is not None and is_model(unwrap_optional(parent)[0]):  # a required key left out of a table
+        field = unwrap_optional(parent)[0].model_fields[str(loc[-1])]
+        table = ".".join(map(str, loc[:-1]))
+        return (f"{locate(key_path(loc[:-1]), toml, origins)}: {table!r} has no key {str(loc[-1])!r}, which is "
+                f"required: {field.description or ''}".rstrip(": "))
     if etype == "missing" and len(loc) > 1:  # e.g. a too short tuple: describe the container
         loc, etype = loc[:-1], "tuple_type"
     key, msg = ".".join(map(str, loc)), err["msg"].removeprefix("Value error, ")
@@ -204,8 +210,8 @@ def reference_markdown(model: type[BaseModel]) -> str:
     for key, info in walk(model, ""):
         ann, optional = unwrap_optional(info.annotation)
         kind = type_name(ann) + (" or None" if optional else "")
-        default = _literal(info.get_default(call_default_factory=True))
-        cells = [f"`{key}`", kind, f"`{default}`", info.description or ""]
+        default = "required" if info.is_required() else f"`{_literal(info.get_default(call_default_factory=True))}`"
+        cells = [f"`{key}`", kind, default, info.description or ""]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 

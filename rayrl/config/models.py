@@ -225,7 +225,8 @@ class SamplingConfig(Section):
 
 
 class EnvConfig(Section):
-    id: str = Field("arithmetic", description="Environment id (builtin name).")
+    id: str = Field(description="Environment id: a built-in name (arithmetic, sat, openspiel, affine:abd, ...), "
+                    "gymnasium:<EnvId>, or a verifiers environment. Required in every [[env]] entry.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the environment.")
     weight: float = Field(1.0, gt=0, description="Share of the batch when mixing environments.")
     path: str | None = Field(
@@ -413,7 +414,7 @@ class Config(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    env: list[EnvConfig] = Field(default_factory=lambda: [EnvConfig()], min_length=1)
+    env: list[EnvConfig] = Field(default_factory=lambda: [EnvConfig(id="arithmetic")], min_length=1)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -35,8 +35,35 @@ class RunFolder:
         self.checkpoints = checkpoints or loc.child("checkpoints").uri
 
     def create(self) -> None:
-        """Make the local folder (a file or an unwritable folder there is an OSError the caller reports)."""
-        self.local.mkdir(parents=True, exist_ok=True)
+        """Make the local folder; a file in its place or a folder this process cannot write is a StorageError
+        naming the path and the fix."""
+        from rayrl.errors import StorageError
+
+        if self.local.exists() and not self.local.is_dir():
+            raise StorageError(f"--output-dir {self.local} is a file: name a folder (new or a run's)")
+        try:
+            self.local.mkdir(parents=True, exist_ok=True)
+            probe = self.local / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StorageError(
+                f"--output-dir {self.local}: cannot write there ({e.strerror or e}); choose a folder you can write"
+            ) from None
+
+    def set_aside_stale_metrics(self) -> Path | None:
+        """A fresh run in a folder holding another run's ``metrics.jsonl`` (one that crashed before its first
+        checkpoint): that file is renamed ``metrics.jsonl.<n>.old``, never appended to or lost. Returns the new name."""
+        old = self.local / "metrics.jsonl"
+        if not old.exists():
+            return None
+        n = 1
+        while (self.local / f"metrics.jsonl.{n}.old").exists():
+            n += 1
+        target = self.local / f"metrics.jsonl.{n}.old"
+        old.rename(target)
+        log.warning("%s held the metrics of an earlier run without checkpoints: kept as %s", self.local, target.name)
+        return target
 
     def fetch(self) -> None:
         """Before a resume: the remote copies of the synced files replace the working folder's."""
