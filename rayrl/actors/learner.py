@@ -292,28 +292,28 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    @torch.no_grad()
     def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
         """The reference model's log-probs of each sample's completion tokens at the sampling temperature
         (``algorithm.kl_in = "reward"``). Collective: every rank forwards the same number of micro-batches."""
-        mbs, out = self.cfg.learner.micro_batch_size, []
-        for start in range(0, len(samples), mbs):
-            micro = samples[start : start + mbs]
-            ids = collate(micro, self.pad_id)["input_ids"].to(self.device)
-            logprobs = token_logprobs(sequence_logits(self.reference, ids), ids[:, 1:], self.cfg.sampling.temperature)
-            logprobs = logprobs.float().cpu().numpy()
-            out.extend(logprobs[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
-        return out
+        temperature = self.cfg.sampling.temperature
+        return self._per_completion_token(
+            samples, lambda ids: token_logprobs(sequence_logits(self.reference, ids), ids[:, 1:], temperature)
+        )
 
-    @torch.no_grad()
     def value_estimates(self, samples: list[TrainSample]) -> list[np.ndarray]:
         """PPO: the value head's estimate before each completion token of each sample (float32 arrays).
         Collective, like :meth:`reference_logprobs`."""
+        return self._per_completion_token(samples, lambda ids: sequence_outputs(self.net, ids, self.value_head)[1])
+
+    @torch.no_grad()
+    def _per_completion_token(self, samples: list[TrainSample], score) -> list[np.ndarray]:
+        """``score(ids)`` [B, T - 1] (aligned with the targets ``ids[:, 1:]``) per micro-batch, cut to each
+        sample's completion tokens: one float32 array per sample, in order."""
         mbs, out = self.cfg.learner.micro_batch_size, []
         for start in range(0, len(samples), mbs):
             micro = samples[start : start + mbs]
             ids = collate(micro, self.pad_id)["input_ids"].to(self.device)
-            values = sequence_outputs(self.net, ids, self.value_head)[1].float().cpu().numpy()
+            values = score(ids).float().cpu().numpy()
             out.extend(values[row, s.completion_start - 1 : len(s.token_ids) - 1] for row, s in enumerate(micro))
         return out
 

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from rayrl.envs.base import Environment, Example, Split
-from rayrl.envs.sandbox import SEVERITY, Limits, normalise_output, run_program
+from rayrl.envs.sandbox import SEVERITY, Limits, run_program
 
 INPUT_TAG = re.compile(r"<INPUT>(.*?)</INPUT>", re.IGNORECASE | re.DOTALL)
 FENCE = re.compile(r"```(?:python|py)?[ \t]*\n?(.*?)```", re.DOTALL)
@@ -262,6 +262,3 @@ class DeductionEnv(ProgramTaskEnv):
             return self.unparsed()
         tests = example.info["tests"]
         return self._score_run(program, [t["input"] for t in tests], [t["output"] for t in tests])
-
-
-__all__ = ["AbductionEnv", "DeductionEnv", "normalise_output"]
