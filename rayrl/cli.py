@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from rayrl.errors import RayrlError
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "archive": ("rayrl.commands.archive", "copy a run folder to a storage URI (local, file://, s3://, gs://)"),
     "restore": ("rayrl.commands.restore", "copy a run folder back from a storage URI"),
     "export": ("rayrl.commands.export", "write a checkpoint as a Hugging Face model folder (adapter merged)"),
+    "du": ("rayrl.commands.du", "show what a run folder holds on disk: checkpoints, leftovers, logs, free space"),
 }
 
 
@@ -51,6 +53,13 @@ def experiment_and_overrides(tokens: list[str]) -> tuple[str | None, list[str]]:
             overrides.append(token)  # a stray value: parse_overrides names it
         i += 1
     return experiment, overrides
+
+
+def user_message(error: RayrlError) -> str:
+    """The message of a user-facing error; raised inside an actor, Ray wraps it with the remote traceback:
+    the original's message alone."""
+    cause = getattr(error, "cause", None)
+    return str(cause if isinstance(cause, RayrlError) else error)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.run(args)
         except RayrlError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {user_message(e)}", file=sys.stderr)
             return 2
     from rayrl.config.loading import config_reference_markdown, load_config, parse_overrides
 
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.experiment, overrides)
     except RayrlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     if args.command == "config":
         print(cfg.model_dump_json(indent=2))
@@ -137,13 +146,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(cfg)
     except EnvError as e:  # names the [[env]] entry: say which file it is in
-        print(f"error: {args.experiment or 'the configuration'}: {e}", file=sys.stderr)
+        print(f"error: {args.experiment or 'the configuration'}: {user_message(e)}", file=sys.stderr)
         return 2
     except RayrlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the loop started (in the loop it stops cleanly)
+        print("stopped: interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
+    if result.stopped_by is not None:
+        tokens = sys.argv[1:] if argv is None else argv
+        if result.final_step == 0:
+            print(f"stopped by {result.stopped_by} before the first step; start again with: {command_text(tokens)}")
+        else:
+            where = f"checkpoint {result.last_checkpoint}" if result.last_checkpoint else "its newest checkpoint"
+            print(f"stopped by {result.stopped_by} at step {result.final_step} of {cfg.max_steps} ({where}); "
+                  f"resume with: {resume_command(tokens, result.output_uri)}")
+        return 128 + signal.Signals[result.stopped_by].value
     print(f"done: {result.final_step} steps, run folder {result.output_dir}")
     return 0
+
+
+def argv_without_resume(tokens: list[str]) -> list[str]:
+    """``tokens`` without ``--output-dir`` and ``--ckpt.resume_step`` (either ``--key value`` or ``--key=value``)."""
+    out, i = [], 0
+    while i < len(tokens):
+        key = tokens[i].split("=", 1)[0]
+        if key in ("--output-dir", "--ckpt.resume_step"):
+            i += 1 if "=" in tokens[i] else 2
+            continue
+        out.append(tokens[i])
+        i += 1
+    return out
+
+
+def command_text(tokens: list[str]) -> str:
+    import shlex
+
+    return shlex.join(["rayrl", *tokens])
+
+
+def resume_command(tokens: list[str], output_dir: str) -> str:
+    """The command that continues a stopped ``rayrl train`` run: its own arguments, the run folder and
+    ``--ckpt.resume_step -1``."""
+    return command_text([*argv_without_resume(tokens), "--output-dir", str(output_dir), "--ckpt.resume_step", "-1"])
 
 
 def _sft(cfg) -> int:
@@ -152,7 +198,7 @@ def _sft(cfg) -> int:
     try:
         result = run_sft(cfg)
     except RayrlError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     print(f"done: {result.steps} supervised steps{val}; model {result.model_dir}")

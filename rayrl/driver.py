@@ -16,13 +16,15 @@ from typing import Any, Callable
 import numpy as np
 
 from rayrl.actors.fleet import (
-    collect_rollouts, kill_actors, start_replicas, start_rollout_workers, submit_rollouts, wait_ready,
+    Submitted, actor_died, collect_rollouts, describe_dead_actor, kill_actors, start_board, start_replicas,
+    start_rollout_workers, submit_rollouts, wait_ready,
 )
 from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
+from rayrl.actors.waiting import WaitAbandoned, wait_for
 from rayrl.algorithms.grpo import (
-    Rollout, build_train_samples, drop_stale, model_tokens, overlong_penalties, rewards_tied, sequence_kl,
-    to_train_sample, with_value_targets,
+    Rollout, build_train_samples, drop_nonfinite, drop_stale, model_tokens, overlong_penalties, rewards_tied,
+    sequence_kl, to_train_sample, with_value_targets,
 )
 from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
@@ -30,7 +32,7 @@ from rayrl.data import ExampleSampler, allocate
 from rayrl.engines import check_engine_installed
 from rayrl.engines.base import SamplingParams
 from rayrl.envs.registry import build_envs
-from rayrl.errors import CheckpointError
+from rayrl.errors import ActorError, CheckpointError, NumericsError
 from rayrl.models.loading import resolve_base_model
 from rayrl.models.source import cluster_nodes, model_source
 from rayrl.models.warmstart import check_warm_start
@@ -38,6 +40,8 @@ from rayrl.plotting import plot_training_curves
 from rayrl.sft import MODEL_DIR as SFT_MODEL_DIR
 from rayrl.sft import run_sft
 from rayrl.storage.checkpoints import CheckpointStore
+from rayrl.stopping import StopSignals
+from rayrl.storage.disk import best_effort
 from rayrl.storage.run_folder import RunFolder
 from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
 
@@ -56,7 +60,7 @@ class PendingStep:
 
     step: int
     data_position: list[dict[str, int]]
-    refs: list
+    submitted: Submitted
 
 
 @dataclass
@@ -65,6 +69,8 @@ class RunResult:
     final_step: int
     metrics: list[dict[str, Any]]
     output_uri: str = ""  # where the run's output lives: the folder, or the URI it is uploaded to
+    stopped_by: str | None = None  # "SIGTERM" or "SIGINT" when a signal stopped the run before max_steps
+    last_checkpoint: str | None = None  # the newest checkpoint this run saved (its URI), if any
 
 
 def resolve_output_dir(cfg: Config) -> str:
@@ -94,8 +100,7 @@ class Trainer:
                 "--ckpt.resume_step -1 to continue that run, or choose another --output-dir"
             )
         if self.resume_uri is not None:
-            self.resume_info = self.store.read_info(self.resume_uri)
-            self.store.verify(self.resume_info["step"])
+            self.resume_info = self.store.read_info(self.resume_uri)  # resolve() checked it file by file
             self.run_folder.fetch()
         self.run_folder.create()
         if self.resume_uri is None:
@@ -113,6 +118,9 @@ class Trainer:
         self.pending: deque[PendingStep] = deque()
         self.weight_loads: list = []  # replicas' load_weights calls of the newest version
         self.namespace = self.run_folder.name
+        self.stop = StopSignals()  # installed while run() runs
+        self.skips = SkippedUpdates(cfg.learner.max_skipped_updates)
+        self.restarts_seen: dict[str, int] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
@@ -124,6 +132,7 @@ class Trainer:
             check_shared_folder(self.store.uri, "ckpt.dir (or --output-dir)")
         base_path, base_info = resolve_base_model(cfg)
         self.base_info = base_info
+        self.checkpoint_estimate = checkpoint_estimate(base_path, cfg)
         if "warmstart" in base_info:
             ws = base_info["warmstart"]
             log.info(
@@ -144,18 +153,45 @@ class Trainer:
             policy = model_source(self.resume_uri)  # a URI, or a folder every node sees
             log.info("resuming from %s (step %d, policy version %d)", self.resume_uri, self.step, self.version)
         # with LoRA the replicas hold the base weights and merge each published adapter into them
-        self.replicas = start_replicas(cfg, base if cfg.lora.enabled else policy, self.version, self.namespace)
+        self.board = start_board(self.namespace)
+        self.replicas = start_replicas(cfg, base if cfg.lora.enabled else policy, self.version, self.namespace, self.board)
         self.learners = LearnerGroup(cfg, base, self.namespace, policy if self.resume_uri else None)
-        self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace)  # the tokenizer only
-        wait_ready(self.replicas)
+        self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace, self.board)  # the tokenizer only
+        wait_ready(self.replicas, timeout_s=cfg.fault.ready_timeout_s)
         if cfg.lora.enabled:  # the learner's adapter (resumed, lora.adapter_path's, or fresh) before any rollout
-            ref = self.learners.publish_weights(self.version)
-            self.weight_loads = [r.load_weights.remote(ref) for r in self.replicas]
+            self.publish()
 
     def shutdown(self) -> None:
         if hasattr(self, "learners"):
             self.learners.shutdown()
-        kill_actors(getattr(self, "replicas", []) + getattr(self, "workers", []))
+        kill_actors(getattr(self, "replicas", []) + getattr(self, "workers", []) + [getattr(self, "board", None)])
+
+    def publish(self) -> None:
+        """Publish the learners' weights as ``self.version``: put once, posted on the board (for replicas that
+        restart later), loaded by every replica (``self.weight_loads``, awaited by :meth:`await_weights`)."""
+        ref = self.learners.publish_weights(self.version)
+        self.board.publish.remote(self.version, [ref])
+        self.weight_loads = [r.load_weights.remote(ref) for r in self.replicas]
+
+    def await_weights(self) -> None:
+        """Wait until every replica holds the newest version; a frozen replica is restarted (it then loads the
+        newest version from the board) and its load retried."""
+        fault = self.cfg.fault
+        wait_for(self.weight_loads, f"loading weights version {self.version}", fault.generate_timeout_s,
+                 [f"replica-{i}" for i in range(len(self.replicas))], self.replicas, fault.max_restarts,
+                 restart_grace_s=fault.ready_timeout_s)
+
+    def restart_metrics(self) -> dict[str, int]:
+        """``fault/restarts``: restarts of replicas and rollout workers so far (a new one is logged once)."""
+        import ray
+
+        counts = ray.get(self.board.restart_counts.remote())
+        for name, count in counts.items():
+            if count > self.restarts_seen.get(name, 0):
+                log.warning("%s was restarted (%d of fault.max_restarts %d); the run goes on", name, count,
+                            self.cfg.fault.max_restarts)
+        self.restarts_seen = counts
+        return {"fault/restarts": sum(counts.values())}
 
     # ---- one step -----------------------------------------------------------------------------
     def next_tasks(self, prompts: int | None = None, samplers: list[ExampleSampler] | None = None) -> list[Task]:
@@ -178,8 +214,6 @@ class Trainer:
         synchronous on-policy training. With k >= 1 generation for steps n+1..n+k runs while the
         learner trains step n; replicas swap weights between calls, never inside one.
         """
-        import ray
-
         depth = self.cfg.algorithm.max_off_policy_steps + 1
         while len(self.pending) < depth:
             step = self.step + len(self.pending) + 1
@@ -189,7 +223,7 @@ class Trainer:
             # published bundle to resolve, and generate calls from rollout workers can overtake it.
             # Newly submitted generation therefore starts only once every replica holds the newest
             # version (the replicas are busy with already-submitted steps meanwhile, so overlap stays).
-            ray.get(self.weight_loads)
+            self.await_weights()
             data_position = [sampler.state_dict() for sampler in self.samplers]
             self.pending.append(PendingStep(step, data_position, submit_rollouts(self.workers, self.next_tasks(), self.sampling(), step)))
 
@@ -198,16 +232,23 @@ class Trainer:
         return self.pending[0].data_position if self.pending else [s.state_dict() for s in self.samplers]
 
     def train_step(self) -> dict[str, Any]:
-        import ray
-
         start = time.perf_counter()
         self.fill_pipeline()
         pending = self.pending.popleft()
-        groups, t_generate = collect_rollouts(pending.refs)
+        try:  # a stop request abandons this wait: the step's examples are drawn again on resume
+            groups, t_generate = collect_rollouts(pending.submitted, self.cfg.fault, lambda: self.stop.requested)
+        except WaitAbandoned:
+            self.pending.appendleft(pending)
+            raise
         t_wait = time.perf_counter() - start
         a = self.cfg.algorithm
         groups, staleness = drop_stale(groups, self.version, a.max_off_policy_steps)
         shaped, shaping = self.shaped_rewards(groups)
+        groups, shaped, nonfinite = drop_nonfinite(groups, shaped)
+        if nonfinite:
+            shaping["numerics/nonfinite_reward_groups"] = nonfinite
+            log.warning("step %d: %d group(s) with a NaN or infinite reward left out of the update (check the "
+                        "reward function)", pending.step, nonfinite)
         if a.dynamic_sampling:
             groups, shaped, resampling = self.resample_tied_groups(groups, shaped, pending.step)
             shaping.update(resampling)
@@ -219,14 +260,17 @@ class Trainer:
         update: dict[str, Any] = {}
         if samples:  # every group tied: no gradient at all this step, the policy stays as it is
             update = self.learners.update(samples)
+            self.skips.record(pending.step, bool(update.pop("skipped_update")))
+            update["numerics/skipped_updates"] = self.skips.total
+        updated = bool(samples) and not self.skips.in_a_row
+        if updated:
             self.version += 1
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if samples:
-            ref = self.learners.publish_weights(self.version)
-            self.weight_loads = [r.load_weights.remote(ref) for r in self.replicas]
+        if updated:
+            self.publish()
             if self.cfg.algorithm.max_off_policy_steps == 0:
-                ray.get(self.weight_loads)  # on-policy: the next step's generation must see these weights
+                self.await_weights()  # on-policy: the next step's generation must see these weights
         t_publish = time.perf_counter() - t0
         self.step = pending.step
         elapsed = time.perf_counter() - start
@@ -234,7 +278,7 @@ class Trainer:
             "step": self.step, "policy_version": self.version, **stats, **staleness, **shaping, **update,
             "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
             "time/wait_rollout_s": t_wait, "time/generate_s": t_generate,
-            "time/update_s": t_update, "time/publish_s": t_publish,
+            "time/update_s": t_update, "time/publish_s": t_publish, **self.restart_metrics(),
         }
         metrics.update(per_env_rewards(groups, self.cfg, prefix="reward/"))
         return metrics
@@ -277,9 +321,11 @@ class Trainer:
         while informative < target and rounds < self.cfg.algorithm.max_resample_rounds:
             rounds += 1
             tasks = self.next_tasks(target - informative, self.resamplers)
-            new, _ = collect_rollouts(submit_rollouts(self.workers, tasks, self.sampling(), step, round_=rounds))
+            new, _ = collect_rollouts(submit_rollouts(self.workers, tasks, self.sampling(), step, round_=rounds),
+                                      self.cfg.fault)
             new, _ = drop_stale(new, self.version, self.cfg.algorithm.max_off_policy_steps)
             new_shaped, _ = self.shaped_rewards(new)
+            new, new_shaped, _ = drop_nonfinite(new, new_shaped)
             groups, shaped = groups + new, shaped + new_shaped
             extra += len(new)
             informative += sum(not rewards_tied(r) for r in new_shaped)
@@ -297,27 +343,36 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out evaluation of the newest policy: ``eval.num_examples`` per environment, one sample each."""
-        import ray
-
-        ray.get(self.weight_loads)  # async mode does not wait for them after publishing
+        """Held-out evaluation of the newest policy: ``eval.num_examples`` per environment, one sample each.
+        A stop request abandons it (WaitAbandoned)."""
+        self.await_weights()  # async mode does not wait for them after publishing
         tasks = [Task(i, ex, 1) for i, examples in enumerate(self.eval_examples) for ex in examples]
         params = SamplingParams(self.cfg.sampling.max_tokens, self.cfg.eval.temperature, 1.0, self.cfg.seed + EVAL_SEED_OFFSET)
-        groups, _ = collect_rollouts(submit_rollouts(self.workers, tasks, params, step=0))
+        groups, _ = collect_rollouts(submit_rollouts(self.workers, tasks, params, step=0), self.cfg.fault,
+                                     lambda: self.stop.requested)
         rewards = [r.reward for g in groups for r in g]
         return {"eval_reward_mean": float(np.mean(rewards)), **per_env_rewards(groups, self.cfg, prefix="eval/")}
 
     def save_checkpoint(self) -> str:
-        """The learners write the checkpoint's files, then the driver commits it (one writer); returns its URI."""
+        """The learners write the checkpoint's files, then the driver commits it (one writer); returns its URI.
+        Refused up front when the disk lacks room for it plus ``ckpt.min_free_gb``; a disk that fills while
+        writing is reported as such (DiskSpaceError), the newest complete checkpoint left as it was."""
+        self.store.check_space(self.cfg.ckpt.min_free_gb, estimate_bytes=self.checkpoint_estimate)
         target = self.store.begin(self.step)
-        files = self.learners.save(target)
-        info = {
-            "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
-            "rng": capture_rng(),
-            "data": {"samplers": self.data_position(), "resamplers": [r.state_dict() for r in self.resamplers]},
-            "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"), "files": files,
-        }
-        uri = self.store.commit(target, self.step, info)
+        try:
+            files = self.learners.save(target)
+            info = {
+                "step": self.step, "policy_version": self.version, "config": self.cfg.model_dump(mode="json"),
+                "rng": capture_rng(),
+                "data": {"samplers": self.data_position(), "resamplers": [r.state_dict() for r in self.resamplers]},
+                "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"), "files": files,
+            }
+            uri = self.store.commit(target, self.step, info)
+        except Exception as e:
+            if (full := self.store.no_space_error(e, self.step)) is not None:
+                delete_quietly(target)  # give the partial files' space back now
+                raise full from e
+            raise
         self.run_folder.sync()
         log.info("saved checkpoint %s", uri)
         return uri
@@ -325,7 +380,31 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, on_eval: EvalCallback | None = None) -> RunResult:
         """Train to ``max_steps``. ``on_eval(step, metrics, checkpoint_dir)`` is called after every
-        evaluation, with the checkpoint saved at that step (None if none was): a Ray Tune trial reports there."""
+        evaluation, with the checkpoint saved at that step (None if none was): a Ray Tune trial reports there.
+        SIGTERM or SIGINT stops it after the current step (or abandons its rollouts) with a final checkpoint:
+        ``RunResult.stopped_by`` names the signal."""
+        with self.stop:
+            try:
+                return self._run(on_eval)
+            except ActorError as e:  # a call that timed out: say at which step
+                raise ActorError(f"step {self.step + 1}: {e}") from e
+            except Exception as e:
+                if (dead := actor_died(e)) is None:
+                    raise
+                raise ActorError(self.dead_actor_message(dead)) from e
+
+    def dead_actor_message(self, error: BaseException) -> str:
+        """Which actor died past its restarts, at which step, and where to resume from."""
+        actors = {f"replica-{i}": a for i, a in enumerate(getattr(self, "replicas", []))}
+        actors |= {f"rollout-{i}": a for i, a in enumerate(getattr(self, "workers", []))}
+        actors |= {f"learner-{i}": a for i, a in enumerate(getattr(getattr(self, "learners", None), "actors", []) or [])}
+        latest = self.store.latest_step() if self.store.steps() else None
+        resume = (f"the newest checkpoint is step_{latest}: resume with --ckpt.resume_step -1" if latest is not None
+                  else "no checkpoint was saved yet")
+        return (f"step {self.step + 1}: {describe_dead_actor(error, actors)} died and was not restarted (replicas and "
+                f"rollout workers get fault.max_restarts = {self.cfg.fault.max_restarts}; learners none yet); {resume}")
+
+    def _run(self, on_eval: EvalCallback | None) -> RunResult:
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -345,17 +424,24 @@ class Trainer:
             disable=None if cfg.log.progress else True, dynamic_ncols=True,
         )
         last_saved = self.step if self.resume_uri else None
+        saved_uri = None
         try:
-            while self.step < cfg.max_steps:
-                metrics = self.train_step()
+            while self.step < cfg.max_steps and not self.stop.requested:
+                try:
+                    metrics = self.train_step()
+                except WaitAbandoned:
+                    break
                 last = self.step == cfg.max_steps
-                if cfg.eval.interval and (self.step % cfg.eval.interval == 0 or last):
+                if cfg.eval.interval and (self.step % cfg.eval.interval == 0 or last) and not self.stop.requested:
                     t0 = time.perf_counter()
-                    metrics.update(self.evaluate())
-                    metrics["time/eval_s"] = time.perf_counter() - t0
+                    try:
+                        metrics.update(self.evaluate())
+                        metrics["time/eval_s"] = time.perf_counter() - t0
+                    except WaitAbandoned:
+                        pass
                 saved = None
                 if (cfg.ckpt.interval and self.step % cfg.ckpt.interval == 0) or (last and cfg.ckpt.at_end):
-                    saved = self.save_checkpoint()
+                    saved = saved_uri = self.save_checkpoint()
                     last_saved = self.step
                 writer.write(metrics)
                 history.append(metrics)
@@ -366,12 +452,42 @@ class Trainer:
         finally:
             bar.close()
             writer.close()
-            if writer.path.exists():  # plot whatever exists, also after a crash
-                plot_training_curves(read_metrics(writer.path), self.output_dir / "metrics.png", self.namespace)
+            if writer.path.exists():  # plot whatever exists, also after a crash (a full disk: one warning)
+                best_effort(lambda: plot_training_curves(read_metrics(writer.path), self.output_dir / "metrics.png",
+                                                         self.namespace), "metrics.png")
             self.run_folder.sync()
-        if last_saved != self.step and cfg.ckpt.at_end:
-            self.save_checkpoint()
-        return RunResult(self.output_dir, self.step, history, self.run_folder.uri)
+        # a stopped run always gets its final checkpoint (if it trained past the last one): nothing is lost
+        if self.step > 0 and last_saved != self.step and (cfg.ckpt.at_end or self.stop.requested):
+            saved_uri = self.save_checkpoint()
+        return RunResult(self.output_dir, self.step, history, self.run_folder.uri, self.stop.received, saved_uri)
+
+
+class SkippedUpdates:
+    """Counts updates the learners skipped (a loss or gradient that was not finite): ``limit`` in a row stop
+    the run with a NumericsError naming the steps."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.total = 0
+        self.in_a_row = 0
+        self.first_step: int | None = None  # of the current run of skips
+
+    def record(self, step: int, skipped: bool) -> None:
+        if not skipped:
+            self.in_a_row, self.first_step = 0, None
+            return
+        self.total += 1
+        self.in_a_row += 1
+        self.first_step = step if self.first_step is None else self.first_step
+        log.warning("step %d: the update's loss or gradient is not finite (NaN or inf); skipped, the policy stays "
+                    "as it was (%d in a row, learner.max_skipped_updates %d)", step, self.in_a_row, self.limit)
+        if self.in_a_row >= self.limit:
+            raise NumericsError(
+                f"steps {self.first_step}-{step}: {self.in_a_row} updates in a row had a loss or gradient that is not "
+                f"finite (learner.max_skipped_updates = {self.limit}); no checkpoint holds them, the newest one is "
+                "the policy before them. Lower optim.lr, look at the rewards' scale (reward_mean, reward_std in "
+                "metrics.jsonl), or raise learner.max_skipped_updates; then resume with --ckpt.resume_step -1"
+            )
 
 
 def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> dict[str, float]:
@@ -397,6 +513,26 @@ def per_env_rewards(groups: list[list[Rollout]], cfg: Config, prefix: str) -> di
         if any(r.turns > 1 for r in rollouts):
             out[key + "turns_mean"] = float(np.mean([r.turns for r in rollouts]))
     return out
+
+
+def checkpoint_estimate(base_path: str, cfg: Config) -> int:
+    """Bytes a first checkpoint is expected to take (the disk check before it; later ones use the newest's
+    size): the weights and AdamW's two fp32 moments per parameter, a tenth of that with LoRA. 0 when the base
+    model is not a local folder."""
+    folder = Path(base_path)
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    per_weight_byte = 1 + 2 * (4 / 2 if cfg.model.dtype in ("bfloat16", "float16") else 1)
+    return int(weights * per_weight_byte * (0.1 if cfg.lora.enabled else 1))
+
+
+def delete_quietly(target: str) -> None:
+    """Remove a partial checkpoint's folder or URI, ignoring what cannot be removed."""
+    from rayrl.storage.location import delete_tree, open_location
+
+    try:
+        delete_tree(open_location(target))
+    except Exception:  # noqa: BLE001 - best effort: the next start removes leftovers anyway
+        log.warning("could not remove the partial checkpoint %s; the next start removes it", target)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -435,7 +571,7 @@ def train(cfg: Config, on_eval: EvalCallback | None = None) -> RunResult:
         trainer.shutdown()
         if owns_ray:
             ray.shutdown()
-    if cfg.export.at_end:
+    if cfg.export.at_end and result.stopped_by is None:
         from rayrl.models.export import export_model
 
         exported = export_model(result.output_uri, Path(result.output_dir) / "export", dtype=cfg.export.dtype, force=True)

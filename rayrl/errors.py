@@ -46,3 +46,16 @@ class CommandError(RayrlError):
 
 class DataError(RayrlError, ValueError):
     """A data file (supervised fine-tuning's prompt/response table) that cannot be used as given."""
+
+
+class DiskSpaceError(StorageError):
+    """Too little free space for a checkpoint, or a write that ran out of it: the message names the folder,
+    the space needed and free, and what to delete or change."""
+
+
+class NumericsError(RayrlError, RuntimeError):
+    """Training met numbers that are not finite (NaN or inf) too often to go on; the message says where."""
+
+
+class ActorError(RayrlError, RuntimeError):
+    """An actor died beyond its restarts or stopped answering: the message names it, the call and the step."""

@@ -49,6 +49,8 @@ def _plot_two_series(noisy: list, noisy_label: str, measured: list, measured_lab
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    finally:  # a failed write (a full disk) leaves no figure open
+        plt.close(fig)
     return path

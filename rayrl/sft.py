@@ -98,6 +98,7 @@ def run_sft(cfg: Config) -> SftResult:
     from rayrl.models.loading import resolve_base_model
     from rayrl.models.source import cluster_nodes, model_source
     from rayrl.plotting import plot_sft_curves
+    from rayrl.storage.disk import best_effort
     from rayrl.tracking import read_metrics
 
     out = resolve_sft_dir(cfg)
@@ -138,7 +139,7 @@ def run_sft(cfg: Config) -> SftResult:
         if result.error is not None:
             raise result.error
         metrics = read_metrics(out / "metrics.jsonl")
-        plot_sft_curves(metrics, out / "metrics.png", f"{cfg.name}: supervised fine-tuning")
+        best_effort(lambda: plot_sft_curves(metrics, out / "metrics.png", f"{cfg.name}: supervised fine-tuning"), "metrics.png")
         export_model(result.checkpoint.path, out / MODEL_DIR, dtype=cfg.model.dtype, force=True)
     finally:
         if owns_ray:

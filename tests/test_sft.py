@@ -9,7 +9,6 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
 from rayrl.cli import experiment_and_overrides, main

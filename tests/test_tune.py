@@ -157,8 +157,8 @@ samples = 1
     assert len(grid) == 2 and not grid.errors
     assert sorted(r.config["optim.lr"] for r in grid) == [1e-4, 3e-4]
     for r in grid:
-        # every actor of the trial (replica, learner, rollout worker) ran in the trial's placement group
-        assert r.metrics["placement/actors_in_trial_group"] == 3 and r.metrics["placement/actors_outside"] == 0
+        # every actor of the trial (replica, learner, rollout worker, policy board) ran in the trial's placement group
+        assert r.metrics["placement/actors_in_trial_group"] == 4 and r.metrics["placement/actors_outside"] == 0
         assert r.metrics["step"] == 2 and r.metrics["training_iteration"] == 1  # one report: the eval at step 2
         files = {p.name for p in Path(r.checkpoint.path).iterdir()}
         assert {"model.safetensors", "config.json", "training_info.json"} <= files

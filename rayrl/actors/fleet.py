@@ -8,8 +8,12 @@ evaluation of its checkpoints) never collide as long as their namespaces differ.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
+from rayrl.actors.waiting import wait_for
 from rayrl.config import Config
+from rayrl.config.models import FaultConfig
 from rayrl.engines.base import EngineSpec
 from rayrl.models.source import ModelSource
 
@@ -25,33 +29,46 @@ def engine_spec(cfg: Config) -> EngineSpec:
     )
 
 
-def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str) -> list:
-    """``inference.replicas`` InferenceActors serving ``model`` as policy version ``version``."""
+def start_board(namespace: str):
+    """The run's PolicyBoard actor (newest weights and restart counts for actors that restart)."""
+    import ray
+
+    from rayrl.actors.board import PolicyBoard
+
+    return ray.remote(PolicyBoard).options(name="policy-board", namespace=namespace, num_cpus=0).remote()
+
+
+def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str, board=None) -> list:
+    """``inference.replicas`` InferenceActors serving ``model`` as policy version ``version``, each restarted
+    by Ray up to ``fault.max_restarts`` times (in-flight calls retried; the newest weights from ``board``)."""
     import ray
 
     from rayrl.actors.inference import InferenceActor
 
-    ic = cfg.inference
+    ic, restarts = cfg.inference, cfg.fault.max_restarts
     replica_cls = ray.remote(InferenceActor)
     return [
         replica_cls.options(
-            name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica
-        ).remote(model, engine_spec(cfg), version)
+            name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica,
+            max_restarts=restarts, max_task_retries=restarts,
+        ).remote(model, engine_spec(cfg), version, board, f"replica-{i}")
         for i in range(ic.replicas)
     ]
 
 
-def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list, namespace: str) -> list:
-    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model``)."""
+def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list, namespace: str, board=None) -> list:
+    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model``), each restarted by Ray
+    up to ``fault.max_restarts`` times (its in-flight request retried)."""
     import ray
 
     from rayrl.actors.rollout import RolloutWorker
 
-    rc = cfg.rollout
+    rc, restarts = cfg.rollout, cfg.fault.max_restarts
     worker_cls = ray.remote(RolloutWorker)
     return [
-        worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker).remote(
-            cfg.env, model, replicas, i, cfg.seq_len
+        worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker,
+                           max_restarts=restarts, max_task_retries=restarts).remote(
+            cfg.env, model, replicas, i, cfg.seq_len, cfg.fault, board
         )
         for i in range(rc.workers)
     ]
@@ -63,27 +80,38 @@ def step_seed(seed: int, step: int, worker: int, round_: int = 0) -> int:
     return (seed * 1_000_003 + step * 7_919 + worker * 131 + round_ * 104_729) % (2**62)
 
 
-def submit_rollouts(workers: list, tasks: list, params, step: int, round_: int = 0) -> list:
-    """Spread ``tasks`` over ``workers`` in contiguous chunks without waiting; returns the object refs.
+@dataclass
+class Submitted:
+    """Rollout requests in flight: ``refs[i]`` went to ``workers[i]`` (named ``names[i]``)."""
+
+    step: int
+    refs: list
+    workers: list
+    names: list[str]
+
+
+def submit_rollouts(workers: list, tasks: list, params, step: int, round_: int = 0) -> Submitted:
+    """Spread ``tasks`` over ``workers`` in contiguous chunks without waiting.
     Worker i samples with seed ``step_seed(params.seed, step, i, round_)``."""
     from dataclasses import replace
 
     from rayrl.actors.rollout import split_contiguous
 
     chunks = split_contiguous(tasks, len(workers))
-    return [
-        w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i, round_)))
-        for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk
-    ]
+    used = [(i, w, chunk) for i, (w, chunk) in enumerate(zip(workers, chunks)) if chunk]
+    refs = [w.rollout.remote(chunk, replace(params, seed=step_seed(params.seed, step, i, round_))) for i, w, chunk in used]
+    return Submitted(step, refs, [w for _, w, _ in used], [f"rollout-{i}" for i, _, _ in used])
 
 
-def collect_rollouts(refs: list) -> tuple[list[list], float]:
+def collect_rollouts(submitted: Submitted, fault: FaultConfig | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> tuple[list[list], float]:  # fmt: skip
     """Wait for submitted rollouts; returns each task's group of rollouts in task order, and the
-    generation time (the slowest worker's: workers generate in parallel)."""
-    import ray
-
+    generation time (the slowest worker's: workers generate in parallel). A worker that does not answer
+    within ``fault.rollout_timeout_s`` is restarted and its request retried (``wait_for``)."""
+    fault = fault or FaultConfig()
     groups: list[list] = []
-    batches = ray.get(refs)
+    batches = wait_for(submitted.refs, f"rollouts of step {submitted.step}", fault.rollout_timeout_s,
+                       submitted.names, submitted.workers, fault.max_restarts, should_stop, fault.ready_timeout_s)
     for batch in batches:
         by_group: dict[int, list] = {}
         for r in batch.rollouts:
@@ -92,9 +120,10 @@ def collect_rollouts(refs: list) -> tuple[list[list], float]:
     return groups, max((b.generate_s for b in batches), default=0.0)
 
 
-def wait_ready(replicas: list, warn_after_s: float = 60.0) -> None:
+def wait_ready(replicas: list, warn_after_s: float = 60.0, timeout_s: float | None = None) -> None:
     """Block until every replica has loaded its model. Logs a warning (once) when that takes longer
-    than ``warn_after_s``: usually the cluster lacks the CPUs/GPUs the replicas reserve."""
+    than ``warn_after_s``: usually the cluster lacks the CPUs/GPUs the replicas reserve. ActorError after
+    ``timeout_s`` (``fault.ready_timeout_s``)."""
     import ray
 
     refs = [r.get_version.remote() for r in replicas]
@@ -105,7 +134,9 @@ def wait_ready(replicas: list, warn_after_s: float = 60.0) -> None:
             "each replica reserves (inference.cpus_per_replica, inference.gpus_per_replica)?",
             len(pending), len(refs), warn_after_s,
         )
-    ray.get(refs)
+    left = None if timeout_s is None else max(timeout_s - warn_after_s, 1.0)
+    wait_for(refs, "starting the replicas (fault.ready_timeout_s; are the CPUs/GPUs they reserve free?)", left,
+             [f"replica-{i}" for i in range(len(replicas))])
 
 
 def kill_actors(actors: list) -> None:
@@ -113,7 +144,34 @@ def kill_actors(actors: list) -> None:
     import ray
 
     for actor in actors:
+        if actor is None:
+            continue
         try:
             ray.kill(actor)
         except Exception:  # noqa: BLE001 - already dead or never started: nothing to clean up
             pass
+
+
+def actor_died(error: BaseException) -> BaseException | None:
+    """The RayActorError behind ``error`` (itself, or the cause of a task that called a dead actor), else None."""
+    from ray.exceptions import RayActorError
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, RayActorError):
+            return error
+        error, seen = getattr(error, "cause", None) or error.__cause__, seen + 1
+    return None
+
+
+def describe_dead_actor(error: BaseException, actors: dict[str, object]) -> str:
+    """"<name> (<reason>)" for a RayActorError: the name of the handle in ``actors`` (name -> handle) with the
+    error's actor id, else its class; the reason is the first line of Ray's explanation of the death."""
+    actor_id = getattr(error, "actor_id", None)
+    name = next((n for n, h in actors.items() if h is not None and actor_id and h._actor_id.hex() == actor_id), None)
+    text = str(error)
+    if name is None:
+        name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if "class_name:" in line), "an actor")
+    reason = next((line.strip() for line in text.splitlines() if line.strip().startswith("The actor is dead")),
+                  text.strip().splitlines()[0] if text.strip() else "no reason given")
+    return f"{name} ({reason})"

@@ -22,15 +22,27 @@ class GenerationResult:
 
 
 class InferenceActor:
-    """Serves ``generate`` calls one at a time; weights change only between calls."""
+    """Serves ``generate`` calls one at a time; weights change only between calls.
 
-    def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0):
+    With a ``board`` (training), a replica that Ray restarted loads the newest published weights from it
+    before it serves anything: its calls (retried by Ray) then see the policy the others serve."""
+
+    def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0, board=None, name: str = ""):
         torch.set_num_threads(spec.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # a LoRA checkpoint (rayrl eval of a LoRA run) is served merged into its base
         path = merged_model_dir(local_model_dir(model))
         self.engine = make_engine(replace(spec, model_path=path, device=device))
         self.version = version
+        if board is not None:
+            import ray
+
+            from rayrl.actors.board import report_start
+
+            if report_start(board, name):
+                newest, bundle = ray.get(board.newest.remote())
+                if bundle:
+                    self.load_weights(ray.get(bundle[0]))
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationResult:
         start = time.perf_counter()
@@ -52,6 +64,11 @@ class InferenceActor:
 
     def get_version(self) -> int:
         return self.version
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.engine.state_dict()

@@ -10,6 +10,7 @@ collective: the group calls it on all ranks at once. The step's maths is ``rayrl
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rayrl.actors.waiting import wait_for
 from rayrl.algorithms.grpo import (
     LossSettings, TrainSample, collate, policy_loss, sequence_logits, sequence_outputs, set_loss_weights,
     shard_evenly, sum_stats,
@@ -25,7 +27,7 @@ from rayrl.algorithms.grpo import (
 from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
 from rayrl.engines.weights import WeightBundle, flatten_state_dict
-from rayrl.errors import ConfigError
+from rayrl.errors import CheckpointError, ConfigError
 from rayrl.models.source import ModelSource, local_model_dir
 from rayrl.models.value_head import ValueHead, load_value_head, reduce_gradients, save_value_head
 from rayrl.storage.checkpoints import (
@@ -247,7 +249,10 @@ class Learner:
                 self._backward(loss, last=i == len(batches) - 1)
                 stats.append({"loss": loss.detach() / epochs, **micro_stats})
             grad_norms.append(self._step())
-        return {**sum_stats(stats), "grad_norm": float(np.mean(grad_norms)), "lr": lr}
+            if not math.isfinite(grad_norms[-1]):  # skipped: the later epochs would meet the same numbers
+                break
+        skipped = not math.isfinite(grad_norms[-1])
+        return {**sum_stats(stats), "grad_norm": float(np.mean(grad_norms)), "lr": lr, "skipped_update": float(skipped)}
 
     def supervised_update(self, samples: list[TrainSample], train: bool = True) -> float:
         """Supervised fine-tuning (``rayrl sft``): this rank's share of the batch's weighted negative
@@ -274,23 +279,32 @@ class Learner:
 
     def _step(self) -> float:
         """Clip and apply the accumulated gradients (policy; PPO's value head with its own optimizer);
-        returns the policy's gradient norm before clipping."""
+        returns the policy's gradient norm before clipping. A gradient that is not finite (NaN or inf, on any
+        rank: the norm is global) is dropped and nothing steps, neither optimizer nor scheduler: the weights
+        stay as they were. (DeepSpeed decides that itself: ZeRO-2 skips such a step; ZeRO-3 skips only in fp16.)"""
+        value_norm = 0.0
         if self.value_head is not None:
             if self.distributed:
                 reduce_gradients(self.value_head, self.world_size)
-            torch.nn.utils.clip_grad_norm_(self.value_head.parameters(), self.cfg.optim.max_norm)
-            self.value_optimizer.step()
-            self.value_optimizer.zero_grad(set_to_none=True)
-        if self.engine is not None:  # clips (gradient_clipping), steps and zeroes the gradients
+            value_norm = float(torch.nn.utils.clip_grad_norm_(self.value_head.parameters(), self.cfg.optim.max_norm))
+        if self.engine is not None:  # clips (gradient_clipping), steps (or skips) and zeroes the gradients
             self.engine.step()
+            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+            finite = math.isfinite(grad_norm) and math.isfinite(value_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            finite = math.isfinite(grad_norm) and math.isfinite(value_norm)
+            if finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if finite:
             self.scheduler.step()
-            return float(self.engine.get_global_grad_norm() or 0.0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_norm)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+            if self.value_head is not None:
+                self.value_optimizer.step()
+        if self.value_head is not None:
+            self.value_optimizer.zero_grad(set_to_none=True)
+        return grad_norm if finite else math.nan
 
     def reference_logprobs(self, samples: list[TrainSample]) -> list[np.ndarray]:
         """The reference model's log-probs of each sample's completion tokens at the sampling temperature
@@ -409,6 +423,13 @@ class Learner:
             )
         if self.rank != 0:
             return None
+        poisoned = [name for name, t in model_sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if poisoned:  # never a checkpoint a resume or an eval would trust
+            raise CheckpointError(
+                f"not saving checkpoint {target}: {len(poisoned)} weight tensor(s) hold NaN or inf ({', '.join(poisoned[:3])}"
+                f"{', ...' if len(poisoned) > 3 else ''}); the newest checkpoint saved before is intact: resume from it "
+                "with a lower optim.lr"
+            )
         with tempfile.TemporaryDirectory(prefix="rayrl-ckpt-") as scratch:
             out = Path(location.path) if location.is_local else Path(scratch)
             out.mkdir(parents=True, exist_ok=True)
@@ -484,7 +505,8 @@ class LearnerGroup:
         if self.owns_placement_group:
             bundle = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
             self.placement_group = placement_group([bundle] * lc.workers, strategy="PACK", name=f"{namespace}-learners")
-            ray.get(self.placement_group.ready())
+            wait_for([self.placement_group.ready()], f"placing the learners ({lc.workers} x {bundle}: does the cluster "
+                     "have them free?)", cfg.fault.ready_timeout_s, ["learner placement group"])
         remote_cls = ray.remote(Learner)
         self.actors = [
             remote_cls.options(
@@ -503,13 +525,15 @@ class LearnerGroup:
         if self.local is not None:
             first = [] if per_rank is None else [per_rank[0]]
             return [getattr(self.local, method)(*first, *args)]
-        import ray
-
         refs = [
             getattr(actor, method).remote(*([] if per_rank is None else [per_rank[r]]), *args)
             for r, actor in enumerate(self.actors)
         ]
-        return ray.get(refs)
+        if method in ("setup", "address"):  # loading the model: the replicas' start-up allowance
+            timeout = self.cfg.fault.ready_timeout_s
+        else:
+            timeout = self.cfg.fault.learner_timeout_s
+        return wait_for(refs, f"learner call {method}", timeout, [f"learner-{r}" for r in range(len(refs))])
 
     @property
     def world_size(self) -> int:
@@ -540,6 +564,7 @@ class LearnerGroup:
             "entropy": merged["entropy"] / tokens,
             "grad_norm": results[0]["grad_norm"],
             "lr": results[0]["lr"],
+            "skipped_update": max(r["skipped_update"] for r in results),  # the same on every rank (a global norm)
         }
         if "kl_ref" in merged:
             out["kl_ref"] = merged["kl_ref"] / tokens

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from rayrl.actors.waiting import wait_for
 from rayrl.algorithms.grpo import Rollout
 from rayrl.config import EnvConfig
+from rayrl.config.models import FaultConfig
 from rayrl.engines.base import SamplingParams
 from rayrl.envs.base import EpisodeRequest, EpisodeResult, Example, Generator, Sampled, drives_generation
 from rayrl.envs.episodes import CALL_SEED_STRIDE, play_turns
@@ -37,22 +39,26 @@ class ReplicaGenerator(Generator):
     and every turn of a multi-turn episode samples fresh randomness.
     """
 
-    def __init__(self, replicas: list, tokenizer, seq_len: int, params: SamplingParams):
+    def __init__(self, replicas: list, tokenizer, seq_len: int, params: SamplingParams,
+                 names: list[str] | None = None, fault: FaultConfig | None = None):  # fmt: skip
         self.replicas, self.tokenizer, self.seq_len, self.params = replicas, tokenizer, seq_len, params
+        self.names = names or [f"replica {i}" for i in range(len(replicas))]
+        self.fault = fault or FaultConfig()
         self.max_tokens = params.max_tokens
         self.calls, self.engine_s = 0, 0.0
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        import ray
-
+        """A replica that does not answer within ``fault.generate_timeout_s`` is killed, restarted by Ray and
+        the call retried (``wait_for``)."""
         seed = self.params.seed + CALL_SEED_STRIDE * self.calls
         self.calls += 1
         chunks = split_contiguous(prompts, len(self.replicas))
-        refs = [
-            replica.generate.remote(chunk, replace(self.params, max_tokens=max_tokens, seed=seed + offset))
-            for offset, (replica, chunk) in enumerate(zip(self.replicas, chunks)) if chunk
-        ]
-        results = ray.get(refs)
+        used = [(offset, i, chunk) for offset, (i, chunk) in enumerate(enumerate(chunks)) if chunk]
+        refs = [self.replicas[i].generate.remote(chunk, replace(self.params, max_tokens=max_tokens, seed=seed + offset))
+                for offset, i, chunk in used]
+        results = wait_for(refs, "generation", self.fault.generate_timeout_s, [self.names[i] for _, i, _ in used],
+                           [self.replicas[i] for _, i, _ in used], self.fault.max_restarts,
+                           restart_grace_s=self.fault.ready_timeout_s)
         self.engine_s += max((r.engine_s for r in results), default=0.0)
         return [Sampled(c, r.version) for r in results for c in r.completions]
 
@@ -61,9 +67,14 @@ class RolloutWorker:
     """Builds prompts, plays every task's episodes through the replicas, returns scored rollouts."""
 
     def __init__(self, env_cfgs: list[EnvConfig], model: ModelSource | str, replicas: list, worker_index: int,
-                 seq_len: int):  # fmt: skip
+                 seq_len: int, fault: FaultConfig | None = None, board=None):  # fmt: skip
         from transformers import AutoTokenizer
 
+        if board is not None:
+            from rayrl.actors.board import report_start
+
+            report_start(board, f"rollout-{worker_index}")
+        self.fault = fault or FaultConfig()
         self.envs = [build_env(e) for e in env_cfgs]
         self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model))
         self.replicas = replicas
@@ -76,7 +87,9 @@ class RolloutWorker:
         call a turn; environments that drive generation themselves (verifiers) play their own."""
         prompt_ids = [self.tokenizer(t.example.prompt).input_ids for t in tasks]
         self._check_prompt_lengths(tasks, prompt_ids)
-        generator = ReplicaGenerator(self.rotated_replicas(), self.tokenizer, self.seq_len, params)
+        order = self.rotated_order()
+        generator = ReplicaGenerator([self.replicas[i] for i in order], self.tokenizer, self.seq_len, params,
+                                     [f"replica-{i}" for i in order], self.fault)
         requests = [
             (group, EpisodeRequest(self.envs[t.env_index], t.example, ids))
             for group, (t, ids) in enumerate(zip(tasks, prompt_ids)) for _ in range(t.samples)
@@ -106,10 +119,15 @@ class RolloutWorker:
                     f"{len(ids)} tokens, leaving no room under seq_len = {self.seq_len}; raise seq_len"
                 )
 
-    def rotated_replicas(self) -> list:
-        """Replicas starting at a different one per worker, so W workers spread over R replicas."""
+    def rotated_order(self) -> list[int]:
+        """Replica indices starting at a different one per worker, so W workers spread over R replicas."""
         k = self.worker_index % len(self.replicas)
-        return self.replicas[k:] + self.replicas[:k]
+        return list(range(k, len(self.replicas))) + list(range(k))
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
 
 def rollout_of(task: Task, group: int, episode: EpisodeResult) -> Rollout:

@@ -114,14 +114,40 @@ def rewards_tied(rewards: np.ndarray) -> bool:
     return float(rewards.max() - rewards.min()) <= TIE_RTOL * max(1.0, abs(float(rewards.mean())))
 
 
+ADVANTAGE_LIMIT = 1e4  # a batch's advantages above this in magnitude are scaled down together (float32-safe)
+
+
 def group_advantages(rewards: np.ndarray, std_normalize: bool = False, eps: float = 1e-6) -> np.ndarray:
     """Advantages of ``rewards`` [..., n] (the last axis is one group): reward minus the group's mean,
-    divided by the group's std (+ ``eps``) with ``std_normalize``. Same shape out, float32."""
+    divided by the group's std (+ ``eps``) with ``std_normalize``. Same shape out, float64, finite for any
+    finite rewards: each group is divided by its largest magnitude first, so no sum overflows."""
     rewards = np.asarray(rewards, dtype=np.float64)
-    centred = rewards - rewards.mean(axis=-1, keepdims=True)
+    scale = np.abs(rewards).max(axis=-1, keepdims=True)
+    scale = np.where(scale > 1.0, scale, 1.0)
+    unit = rewards / scale
+    centred = unit - unit.mean(axis=-1, keepdims=True)
     if std_normalize:
-        centred = centred / (rewards.std(axis=-1, keepdims=True) + eps)
-    return centred.astype(np.float32)
+        return centred / (unit.std(axis=-1, keepdims=True) + eps / scale)
+    return centred * scale
+
+
+def limit_advantages(advantages: np.ndarray, limit: float = ADVANTAGE_LIMIT) -> tuple[np.ndarray, float]:
+    """``advantages`` (float64) as float32, scaled down together when the largest exceeds ``limit`` in
+    magnitude (rewards of huge scale): the same direction of update (AdamW and clipping see only that), no
+    overflow in float32 losses. Returns them and the factor applied (1.0 when none)."""
+    advantages = np.asarray(advantages, dtype=np.float64)
+    peak = float(np.abs(advantages).max()) if advantages.size else 0.0
+    factor = limit / peak if peak > limit else 1.0
+    return (advantages * factor).astype(np.float32), factor
+
+
+def drop_nonfinite(
+    groups: list[list[Rollout]], shaped: list[np.ndarray]
+) -> tuple[list[list[Rollout]], list[np.ndarray], int]:
+    """Leave out every group holding a NaN or infinite (shaped) reward: no advantage can be computed from it.
+    Returns the other groups, their rewards and how many were left out."""
+    keep = [i for i, rewards in enumerate(shaped) if np.isfinite(rewards).all()]
+    return [groups[i] for i in keep], [shaped[i] for i in keep], len(groups) - len(keep)
 
 
 def build_train_samples(
@@ -138,21 +164,26 @@ def build_train_samples(
     if not flat:  # every sample was too stale: nothing to learn from this step
         return [], {"reward_mean": math.nan, "tokens": 0.0, "seq_len_mean": 0.0, "train_samples": 0,
                     "train_tokens": 0}
-    samples: list[TrainSample] = []
+    kept: list[Rollout] = []
+    advantages: list[np.ndarray] = []
     tied = 0
     for g, group in enumerate(groups):
-        if not group_relative:
-            samples.extend(to_train_sample(rollout, 0.0) for rollout in group)
-            continue
         rewards = np.array([r.reward for r in group], dtype=np.float64) if shaped is None else shaped[g]
+        if not group_relative:
+            kept.extend(group)
+            advantages.append(np.zeros(len(group)))
+            continue
         if rewards_tied(rewards):
             tied += 1
             continue
-        for rollout, advantage in zip(group, group_advantages(rewards, std_normalize)):
-            samples.append(to_train_sample(rollout, float(advantage)))
-    rewards = np.array([r.reward for r in flat])
+        kept.extend(group)
+        advantages.append(group_advantages(rewards, std_normalize))
+    limited, factor = limit_advantages(np.concatenate(advantages) if advantages else np.zeros(0))
+    samples = [to_train_sample(rollout, float(a)) for rollout, a in zip(kept, limited)]
+    rewards = np.array([r.reward for r in flat], dtype=np.float64)
     seq_lens = [len(r.prompt_ids) + len(r.completion_ids) for r in flat]
     return samples, {
+        **({"numerics/advantage_scale": factor} if factor != 1.0 else {}),
         "reward_mean": float(rewards.mean()),
         "reward_std": float(rewards.std()),
         "tokens": float(sum(seq_lens)),

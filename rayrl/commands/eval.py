@@ -44,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--samples must be at least 1, got {args.samples}")
     if args.temperature is not None and args.temperature < 0:
         raise CommandError(f"--temperature must be >= 0, got {args.temperature}")
-    store = CheckpointStore(run_dir / "checkpoints")  # read-only use: steps() and read_info()
-    steps = select_steps(store.steps(), args.steps, store.uri)
-    cfg, env_name = run_config(store, steps, args)
+    store = CheckpointStore(run_dir / "checkpoints")  # read-only use: step_folders(), problem() and read_info()
+    steps = select_steps(store.step_folders(), args.steps, store.uri)
+    broken = {step: why for step in steps if (why := store.problem(step)) is not None}
+    for step, why in broken.items():
+        log.warning("step %d: checkpoint %s is damaged: %s; not evaluated", step, store.path(step), why)
+    if len(broken) == len(steps):
+        raise CommandError("no intact checkpoint to evaluate: " + "; ".join(f"step_{s}: {w}" for s, w in broken.items()))
+    cfg, env_name = run_config(store, [s for s in steps if s not in broken], args)
     settings = {
         "format": FORMAT_VERSION, "split": "eval", "samples": args.samples, "seed": args.seed,
         "temperature": cfg.eval.temperature if args.temperature is None else args.temperature,
@@ -56,17 +61,20 @@ def run(args: argparse.Namespace) -> int:
     outcomes: dict[int, str | None] = {}
     try:
         for n, step in enumerate(steps, start=1):
-            outcomes[step] = job.evaluate_step(step, f"{n}/{len(steps)}")
+            if step not in broken:
+                outcomes[step] = job.evaluate_step(step, f"{n}/{len(steps)}")
     finally:
         if job.owns_ray:
             ray.shutdown()
     if not any(outcomes.values()):
         raise CommandError(f"no checkpoint of steps {steps} could be evaluated (all were removed meanwhile)")
-    summary = consolidate(job.eval_dir, matching_steps(job.eval_dir, settings), settings)
+    summary = consolidate(job.eval_dir, [s for s in matching_steps(job.eval_dir, settings) if s not in broken],
+                          settings, broken)
     log.info("Pareto front across environments: steps %s; best step %s", summary["pareto_front"], summary["best_step"])
     counts = {k: sum(v == k for v in outcomes.values()) for k in ("evaluated", "reused")}
-    print(f"done: {counts['evaluated']} checkpoints evaluated, {counts['reused']} reused; results in {job.eval_dir}")
-    return 0
+    damaged = f", {len(broken)} damaged (step {', '.join(map(str, broken))}: see summary.json)" if broken else ""
+    print(f"done: {counts['evaluated']} checkpoints evaluated, {counts['reused']} reused{damaged}; results in {job.eval_dir}")
+    return 1 if broken else 0
 
 
 def select_steps(available: list[int], spec: str, root: str) -> list[int]:

@@ -348,6 +348,10 @@ class LearnerConfig(Section):
         2, description="strategy = deepspeed: ZeRO stage (2: optimizer state and gradients partitioned; 3: also the "
         "parameters).",
     )
+    max_skipped_updates: int = Field(
+        3, ge=1, description="An update whose loss or gradient is not finite is skipped (the policy stays as it was; "
+        "counted as numerics/skipped_updates); this many in a row stop the run with an error.",
+    )
 
 
 class RolloutConfig(Section):
@@ -377,11 +381,40 @@ class CheckpointConfig(Section):
     keep: int = Field(3, ge=0, description="Keep the newest N checkpoints (0 = keep all).")
     resume_step: int | None = Field(None, ge=-1, description="-1 = resume from latest, N = from step N, None = fresh.")
     at_end: bool = Field(True, description="Save a checkpoint after the last step.")
+    min_free_gb: float = Field(
+        1.0, ge=0, description="Before each save to a local folder, stop with an error unless its filesystem has "
+        "room for a checkpoint the size of the newest one plus this many GB (10^9 bytes) to spare.",
+    )
 
 
 class WandbConfig(Section):
     project: str | None = Field(None, description="Weights & Biases project; None disables wandb.")
     name: str | None = Field(None, description="Run name in wandb (default: the run name).")
+
+
+class FaultConfig(Section):
+    """What the run does when an actor dies or stops answering."""
+
+    max_restarts: int = Field(
+        3, ge=0, description="Restarts Ray gives each replica and rollout worker (a restarted replica loads the newest "
+        "published weights before serving; its in-flight calls are retried); one more death stops the run.",
+    )
+    generate_timeout_s: float = Field(
+        300.0, gt=0, description="A replica's generate or weight-load call taking longer is taken for a frozen replica: "
+        "it is killed, restarted and the call retried (given ready_timeout_s more for the restart).",
+    )
+    rollout_timeout_s: float = Field(
+        1800.0, gt=0, description="A rollout worker's request (every episode of its share of a step) taking longer: the "
+        "worker is killed, restarted and the request retried.",
+    )
+    learner_timeout_s: float = Field(
+        1800.0, gt=0, description="A learner call (update, publication, checkpoint save) taking longer stops the run with "
+        "an error naming the learner, the call and the step.",
+    )
+    ready_timeout_s: float = Field(
+        1800.0, gt=0, description="Starting the replicas (loading the model; waiting for the CPUs/GPUs they reserve) "
+        "taking longer stops the run with an error naming them.",
+    )
 
 
 class LogConfig(Section):
@@ -424,6 +457,7 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ckpt: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    fault: FaultConfig = Field(default_factory=FaultConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 

@@ -120,8 +120,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         return [{k: _number(v) if k != "env" else v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def consolidate(eval_dir: Path, steps: list[int], settings: dict[str, Any]) -> dict[str, Any]:
-    """consolidated_metrics.csv, summary.json and reward_by_step.png over the step folders ``steps``."""
+def consolidate(eval_dir: Path, steps: list[int], settings: dict[str, Any],
+                broken: dict[int, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """consolidated_metrics.csv, summary.json and reward_by_step.png over the step folders ``steps``;
+    ``broken``: checkpoints that could not be evaluated, by step, and why (listed in summary.json)."""
     rows = [row for step in sorted(steps) for row in read_rows(eval_dir / f"step_{step}" / "metrics.csv")]
     envs = list(dict.fromkeys(r["env"] for r in rows if r["env"] != AGGREGATE))
     scores = {s: {r["env"]: r["reward_mean"] for r in rows if r["step"] == s and r["env"] != AGGREGATE} for s in sorted(steps)}
@@ -135,6 +137,7 @@ def consolidate(eval_dir: Path, steps: list[int], settings: dict[str, Any]) -> d
         "dominated_by": {str(k): v for k, v in dominated_by(scores).items()},
         "best_step": {env: _argmax({s: scores[s][env] for s in scores}) for env in envs}
         | {AGGREGATE: _argmax(pooled)},
+        "broken_checkpoints": {str(s): why for s, why in sorted((broken or {}).items())},
     }
     write_text_atomic(eval_dir / "consolidated_metrics.csv", to_csv(rows))
     write_text_atomic(eval_dir / "summary.json", json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")

@@ -111,8 +111,8 @@ def evaluate_model(
     try:
         replicas = start_replicas(cfg, str(model_dir), 0, namespace)
         workers = start_rollout_workers(cfg, str(model_dir), replicas, namespace)
-        wait_ready(replicas)
-        rollouts_by_task, _ = collect_rollouts(submit_rollouts(workers, tasks, params, step=0))
+        wait_ready(replicas, timeout_s=cfg.fault.ready_timeout_s)
+        rollouts_by_task, _ = collect_rollouts(submit_rollouts(workers, tasks, params, step=0), cfg.fault)
     finally:
         kill_actors(workers + replicas)
 

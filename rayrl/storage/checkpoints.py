@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rayrl.errors import CheckpointError
+from rayrl.errors import CheckpointError, DiskSpaceError
+from rayrl.storage.disk import check_free_space, no_space_error
 from rayrl.storage.files import json_text
 from rayrl.storage.location import (
     Location, delete_tree, exists, file_entries, listing, open_location, read_bytes, write_bytes,
@@ -122,20 +123,82 @@ class CheckpointStore:
         return int(match.group(1))
 
     def resolve(self, resume_step: int | None) -> str | None:
-        """Checkpoint to resume from (path or URI): None for a fresh run, -1 for the latest, N for step N."""
+        """Checkpoint to resume from (path or URI): None for a fresh run, -1 for the newest intact one, N for
+        step N. Every candidate is checked (:meth:`problem`): with -1 a damaged newer checkpoint is reported
+        (which file, what is wrong), set aside as ``broken-step_N`` on a local root, and the newest intact one
+        is used; a damaged step N is an error."""
         if resume_step is None:
             return None
         if resume_step == -1:
-            latest = self.latest_step()
-            if latest is None:
+            found = self.step_folders()
+            if not found:
                 raise CheckpointError(f"ckpt.resume_step = -1 but {self.uri} holds no checkpoint to resume from")
-            return self.uri_of(latest)
-        if resume_step not in self.steps():
+            problems = {}
+            for step in reversed(found):
+                problem = self.problem(step)
+                if problem is None:
+                    if problems:
+                        self._set_aside(problems)
+                        write_bytes(self.root.child(LATEST_FILE), f"step_{step}\n".encode())
+                    return self.uri_of(step)
+                problems[step] = problem
+                log.warning("checkpoint %s is damaged: %s; trying the one before it", self.uri_of(step), problem)
+            raise CheckpointError(f"ckpt.resume_step = -1 but no checkpoint in {self.uri} is intact: "
+                                  + "; ".join(f"step_{s}: {p}" for s, p in problems.items()))
+        if resume_step not in self.step_folders():
             raise CheckpointError(
                 f"ckpt.resume_step = {resume_step}: no checkpoint {self.uri_of(resume_step)}; "
                 f"available steps: {self.steps() or 'none'}"
             )
+        if (problem := self.problem(resume_step)) is not None:
+            raise CheckpointError(f"ckpt.resume_step = {resume_step}: checkpoint {self.uri_of(resume_step)} is damaged: "
+                                  f"{problem}; intact steps: {self.intact_steps() or 'none'}")
         return self.uri_of(resume_step)
+
+    def problem(self, step: int) -> str | None:
+        """What is wrong with checkpoint ``step`` (None: intact): an unreadable ``training_info.json``, a file
+        it lists missing or of another size, the weights or optimizer state missing, and on a local root a
+        sha256 that differs from the one recorded when it was saved."""
+        present = self._step_folders().get(step, {})
+        if INFO_FILE not in present:
+            return f"{INFO_FILE} missing (a save that never finished)"
+        try:
+            info = self.read_info(step)
+            manifest = info["files"]
+            if not isinstance(manifest, dict) or not isinstance(info.get("step"), int):
+                raise ValueError("no step number or file list")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{INFO_FILE} cannot be read ({type(e).__name__}: {e})"
+        for name, entry in manifest.items():
+            if name not in present:
+                return f"{name} missing"
+            if present[name] != entry.get("size"):
+                return f"{name} is {present[name]} bytes, {entry.get('size')} when saved (truncated or overwritten)"
+        if not (MODEL_FILE in present or ADAPTER_FILE in present):
+            return f"neither {MODEL_FILE} nor {ADAPTER_FILE} is there"
+        if not (OPTIMIZER_FILE in present or any(name.startswith(DEEPSPEED_DIR + "/") for name in present)):
+            return f"{OPTIMIZER_FILE} missing"
+        if self.root.is_local:
+            try:
+                verify_folder(self.path(step), manifest, f"step_{step}")
+            except CheckpointError as e:
+                return str(e).removeprefix(f"step_{step}: ")
+        return None
+
+    def intact_steps(self) -> list[int]:
+        """Steps of the checkpoints :meth:`problem` finds nothing wrong with, ascending (reads every file)."""
+        return [step for step in self.step_folders() if self.problem(step) is None]
+
+    def _set_aside(self, damaged: dict[int, str]) -> None:
+        """Rename damaged local checkpoints ``broken-step_N`` (kept for inspection, out of every listing)."""
+        if not self.root.is_local:
+            return
+        for step in damaged:
+            aside = Path(self.root.path) / f"broken-step_{step}"
+            if aside.exists():
+                shutil.rmtree(aside)
+            self.path(step).rename(aside)
+            log.warning("set the damaged checkpoint aside as %s", aside)
 
     def read_info(self, step: int | str) -> dict[str, Any]:
         """``training_info.json`` of checkpoint ``step`` (a step number, or the checkpoint's path or URI)."""
@@ -147,6 +210,27 @@ class CheckpointStore:
         (a remote checkpoint is checked by whoever downloads it). Raises CheckpointError naming the file."""
         if self.root.is_local:
             verify_folder(self.path(step), self.read_info(step).get("files") or {}, self.uri_of(step))
+
+    # ---- disk space ---------------------------------------------------------------------------------
+    def sizes(self) -> dict[int, int]:
+        """Bytes of each complete checkpoint (every file in its folder), by step."""
+        folders = self._step_folders()
+        return {step: sum(files.values()) for step, files in folders.items() if self._complete(step, files)}
+
+    def check_space(self, min_free_gb: float, estimate_bytes: int = 0) -> None:
+        """Before :meth:`begin`: raise DiskSpaceError unless a local root's filesystem has room for a checkpoint
+        as big as the newest (``estimate_bytes`` while there is none) plus ``min_free_gb`` GB. URIs are not checked."""
+        if self.root.is_local:
+            check_free_space(self.root.path, self.sizes(), self.keep, min_free_gb, estimate_bytes)
+
+    def no_space_error(self, exc: BaseException, step: int) -> DiskSpaceError | None:
+        """A DiskSpaceError naming checkpoint ``step`` and the newest complete one if ``exc`` is (or wraps) a
+        full disk met while saving it; None for any other error."""
+        try:
+            latest = self.latest_step()
+        except (CheckpointError, OSError):
+            latest = None
+        return no_space_error(exc, f"checkpoint {self.uri_of(step)}", None if latest is None else self.uri_of(latest))
 
     # ---- writing ------------------------------------------------------------------------------------
     def begin(self, step: int) -> str:

@@ -79,3 +79,8 @@ def first_digit_seven(prompt, completion, answer, info):
 def no_seven(prompt, completion, answer, info):
     """The opposite task: training on it makes a policy worse at first_digit_seven by construction."""
     return 0.0 if completion.strip()[:1] == "7" else 1.0
+
+
+def astronomical(completion, answer, **kwargs):
+    """Correct answers score 1e39: finite in float64, beyond float32 (the advantages must not overflow)."""
+    return 1e39 if completion.strip() == answer else 0.0
