@@ -1,5 +1,5 @@
-"""Chaos benchmark: the default experiment while replicas and rollout workers are killed (SIGKILL) or frozen
-(SIGSTOP) at random steps, beside the same run left alone.
+"""Chaos benchmark: the default experiment while a replica, a rollout worker and a learner are killed (SIGKILL)
+or frozen (SIGSTOP) at random steps, beside the same run left alone.
 
 Checks, and prints: every step present exactly once in metrics.jsonl, the final checkpoint intact (its
 files against their sha256 sums) and loadable, the restarts counted as injected, and the held-out reward
@@ -34,11 +34,17 @@ def metric_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plan_events(rng: random.Random, count: int, max_steps: int, replicas: int, workers: int) -> list[tuple[int, str, str]]:
-    """``count`` (step, actor name, "kill" | "freeze"), at distinct random steps in the run's middle."""
-    targets = [f"replica-{i}" for i in range(replicas)] + [f"rollout-{i}" for i in range(workers)]
+def plan_events(rng: random.Random, count: int, max_steps: int, replicas: int, workers: int,
+                learners: int) -> list[tuple[int, str, str]]:  # fmt: skip
+    """``count`` (step, actor name, "kill" | "freeze"), at distinct random steps in the run's middle; the
+    first three hit a replica, a rollout worker and a learner (when there are learner actors)."""
+    kinds = [[f"replica-{i}" for i in range(replicas)], [f"rollout-{i}" for i in range(workers)],
+             [f"learner-{i}" for i in range(learners)]]
+    kinds = [k for k in kinds if k]
+    targets = [rng.choice(k) for k in kinds] + [rng.choice(sum(kinds, [])) for _ in range(count - len(kinds))]
+    rng.shuffle(targets)
     steps = sorted(rng.sample(range(3, max_steps - 3), count))
-    return [(step, rng.choice(targets), rng.choice(["kill", "freeze"])) for step in steps]
+    return [(step, target, rng.choice(["kill", "freeze"])) for step, target in zip(steps, targets)]
 
 
 class Chaos(threading.Thread):
@@ -112,13 +118,15 @@ def main() -> int:
     from rayrl.config.loading import load_config
 
     setup_logging("WARNING")
-    plan = plan_events(random.Random(args.seed), args.events, args.max_steps, args.replicas, args.workers)
+    learners = load_config(args.experiment, {}).learner.workers
+    plan = plan_events(random.Random(args.seed), args.events, args.max_steps, args.replicas, args.workers, learners)
     scratch = Path(tempfile.mkdtemp(prefix="rayrl-chaos-"))
     overrides = {
         "max_steps": args.max_steps, "log.progress": False, "inference.replicas": args.replicas,
         "inference.cpus_per_replica": 0.5, "inference.threads": 1, "rollout.workers": args.workers,
-        "fault.max_restarts": args.events + 1, "fault.generate_timeout_s": 15.0, "fault.rollout_timeout_s": 60.0,
-        "fault.ready_timeout_s": 120.0, "ray.num_cpus": 4,
+        "fault.max_restarts": args.events + 1, "fault.max_recoveries": args.events + 1,
+        "fault.generate_timeout_s": 15.0, "fault.rollout_timeout_s": 60.0, "fault.learner_timeout_s": 60.0,
+        "fault.ready_timeout_s": 120.0, "ckpt.interval": 10, "ray.num_cpus": 4,
     }
     results = {}
     for label, events in (("undisturbed", None), ("chaos", plan)):
@@ -130,9 +138,11 @@ def main() -> int:
         checks = check_run(scratch / label, args.max_steps)
         evals = {m["step"]: m["eval_reward_mean"] for m in metric_records(scratch / label) if "eval_reward_mean" in m}
         restarts = result.metrics[-1].get("fault/restarts", 0)
-        results[label] = {"elapsed": elapsed, "evals": evals, "restarts": restarts, **checks,
+        info = json.loads((scratch / label / "checkpoints" / checks["final_checkpoint"] / "training_info.json").read_text())
+        recoveries = len(info.get("recoveries", []))
+        results[label] = {"elapsed": elapsed, "evals": evals, "restarts": restarts, "recoveries": recoveries, **checks,
                           "injected": len(chaos.done) if chaos else 0}
-        print(f"  {elapsed:.1f} s, restarts {restarts}, checks {checks}", flush=True)
+        print(f"  {elapsed:.1f} s, restarts {restarts}, recoveries {recoveries}, checks {checks}", flush=True)
 
     base, hit = results["undisturbed"], results["chaos"]
     n_eval = load_config(args.experiment, {}).eval.num_examples
@@ -145,13 +155,14 @@ def main() -> int:
         z = (b - a) / se
         worst = max(worst, abs(z))
         print(f"| {step} | {a:.3f} | {b:.3f} | {z:+.2f} |")
-    print(f"\nfaults injected: {hit['injected']} of {len(plan)}; restarts counted: {hit['restarts']}")
+    print(f"\nfaults injected: {hit['injected']} of {len(plan)}; replica/worker restarts counted: {hit['restarts']}; "
+          f"recoveries from a checkpoint (learner faults): {hit['recoveries']}")
     print(f"every step exactly once: undisturbed {base['every_step_once']}, chaos {hit['every_step_once']}")
     print(f"final checkpoint {hit['final_checkpoint']}: intact {hit['intact']}, loads {hit['loads']}, finite {hit['finite']}")
     print(f"wall time chaos / undisturbed: {hit['elapsed'] / base['elapsed']:.2f} ({hit['elapsed']:.1f} s / {base['elapsed']:.1f} s)")
     print(f"largest |difference| / standard error over eval points: {worst:.2f} (within noise below 3)")
     ok = (hit["every_step_once"] and hit["intact"] and hit["loads"] and hit["finite"]
-          and hit["restarts"] == hit["injected"] == len(plan) and worst < 3)
+          and hit["restarts"] + hit["recoveries"] >= hit["injected"] == len(plan) and worst < 3)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from rayrl.actors.fleet import (
     Submitted, actor_died, collect_rollouts, describe_dead_actor, kill_actors, start_board, start_replicas,
-    start_rollout_workers, submit_rollouts, wait_ready,
+    start_rollout_workers, submit_rollouts, wait_ready, wait_until_gone,
 )
+from rayrl.actors.board import BOARD_NAME
 from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
 from rayrl.actors.waiting import WaitAbandoned, wait_for
@@ -121,6 +122,8 @@ class Trainer:
         self.stop = StopSignals()  # installed while run() runs
         self.skips = SkippedUpdates(cfg.learner.max_skipped_updates)
         self.restarts_seen: dict[str, int] = {}
+        self.restarts_before = 0  # restarts counted by the actors of earlier recoveries
+        self.recoveries: list[dict[str, Any]] = self.resume_info.get("recoveries", []) if self.resume_uri else []
 
     # ---- set-up -------------------------------------------------------------------------------
     def start_actors(self) -> None:
@@ -152,18 +155,20 @@ class Trainer:
             restore_rng(info["rng"])
             policy = model_source(self.resume_uri)  # a URI, or a folder every node sees
             log.info("resuming from %s (step %d, policy version %d)", self.resume_uri, self.step, self.version)
+        # kept while the actors live: a restarted actor is built again from these (their object-store refs)
+        self.sources = (base, policy)
         # with LoRA the replicas hold the base weights and merge each published adapter into them
         self.board = start_board(self.namespace)
-        self.replicas = start_replicas(cfg, base if cfg.lora.enabled else policy, self.version, self.namespace, self.board)
+        self.replicas = start_replicas(cfg, base if cfg.lora.enabled else policy, self.version, self.namespace, board=True)
         self.learners = LearnerGroup(cfg, base, self.namespace, policy if self.resume_uri else None)
-        self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace, self.board)  # the tokenizer only
+        self.workers = start_rollout_workers(cfg, base, self.replicas, self.namespace, board=True)  # the tokenizer only
         wait_ready(self.replicas, timeout_s=cfg.fault.ready_timeout_s)
         if cfg.lora.enabled:  # the learner's adapter (resumed, lora.adapter_path's, or fresh) before any rollout
             self.publish()
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
         if hasattr(self, "learners"):
-            self.learners.shutdown()
+            self.learners.shutdown(graceful)
         kill_actors(getattr(self, "replicas", []) + getattr(self, "workers", []) + [getattr(self, "board", None)])
 
     def publish(self) -> None:
@@ -182,7 +187,8 @@ class Trainer:
                  restart_grace_s=fault.ready_timeout_s)
 
     def restart_metrics(self) -> dict[str, int]:
-        """``fault/restarts``: restarts of replicas and rollout workers so far (a new one is logged once)."""
+        """``fault/restarts``: restarts of replicas and rollout workers in this run so far (a new one is logged
+        once)."""
         import ray
 
         counts = ray.get(self.board.restart_counts.remote())
@@ -191,7 +197,7 @@ class Trainer:
                 log.warning("%s was restarted (%d of fault.max_restarts %d); the run goes on", name, count,
                             self.cfg.fault.max_restarts)
         self.restarts_seen = counts
-        return {"fault/restarts": sum(counts.values())}
+        return {"fault/restarts": self.restarts_before + sum(counts.values())}
 
     # ---- one step -----------------------------------------------------------------------------
     def next_tasks(self, prompts: int | None = None, samplers: list[ExampleSampler] | None = None) -> list[Task]:
@@ -242,6 +248,7 @@ class Trainer:
             raise
         t_wait = time.perf_counter() - start
         a = self.cfg.algorithm
+        groups, prompts = fitted_groups(groups)
         groups, staleness = drop_stale(groups, self.version, a.max_off_policy_steps)
         shaped, shaping = self.shaped_rewards(groups)
         groups, shaped, nonfinite = drop_nonfinite(groups, shaped)
@@ -275,7 +282,7 @@ class Trainer:
         self.step = pending.step
         elapsed = time.perf_counter() - start
         metrics = {
-            "step": self.step, "policy_version": self.version, **stats, **staleness, **shaping, **update,
+            "step": self.step, "policy_version": self.version, **stats, **staleness, **shaping, **update, **prompts,
             "step_time_s": elapsed, "tokens_per_s": stats["tokens"] / elapsed,
             "time/wait_rollout_s": t_wait, "time/generate_s": t_generate,
             "time/update_s": t_update, "time/publish_s": t_publish, **self.restart_metrics(),
@@ -323,6 +330,7 @@ class Trainer:
             tasks = self.next_tasks(target - informative, self.resamplers)
             new, _ = collect_rollouts(submit_rollouts(self.workers, tasks, self.sampling(), step, round_=rounds),
                                       self.cfg.fault)
+            new, _ = fitted_groups(new)
             new, _ = drop_stale(new, self.version, self.cfg.algorithm.max_off_policy_steps)
             new_shaped, _ = self.shaped_rewards(new)
             new, new_shaped, _ = drop_nonfinite(new, new_shaped)
@@ -350,6 +358,7 @@ class Trainer:
         params = SamplingParams(self.cfg.sampling.max_tokens, self.cfg.eval.temperature, 1.0, self.cfg.seed + EVAL_SEED_OFFSET)
         groups, _ = collect_rollouts(submit_rollouts(self.workers, tasks, params, step=0), self.cfg.fault,
                                      lambda: self.stop.requested)
+        groups, _ = fitted_groups(groups)
         rewards = [r.reward for g in groups for r in g]
         return {"eval_reward_mean": float(np.mean(rewards)), **per_env_rewards(groups, self.cfg, prefix="eval/")}
 
@@ -366,6 +375,7 @@ class Trainer:
                 "rng": capture_rng(),
                 "data": {"samplers": self.data_position(), "resamplers": [r.state_dict() for r in self.resamplers]},
                 "base_model": self.base_info, "saved_at": datetime.now().isoformat(timespec="seconds"), "files": files,
+                "recoveries": self.recoveries,
             }
             uri = self.store.commit(target, self.step, info)
         except Exception as e:
@@ -384,25 +394,60 @@ class Trainer:
         SIGTERM or SIGINT stops it after the current step (or abandons its rollouts) with a final checkpoint:
         ``RunResult.stopped_by`` names the signal."""
         with self.stop:
-            try:
-                return self._run(on_eval)
-            except ActorError as e:  # a call that timed out: say at which step
-                raise ActorError(f"step {self.step + 1}: {e}") from e
-            except Exception as e:
-                if (dead := actor_died(e)) is None:
-                    raise
-                raise ActorError(self.dead_actor_message(dead)) from e
+            while True:
+                try:
+                    return self._run(on_eval)
+                except ActorError as e:  # a call that timed out: say at which step
+                    failure = ActorError(f"step {self.step + 1}: {e}")
+                    what = str(e)
+                except Exception as e:
+                    if (dead := actor_died(e)) is None:
+                        raise
+                    failure = ActorError(self.dead_actor_message(dead))
+                    what = f"{describe_dead_actor(dead, self.actor_names())} died"
+                if not self.recover(what):
+                    raise failure
+
+    def recover(self, what: str) -> bool:
+        """After an actor failure ``what``: rebuild every actor from the newest intact checkpoint and go on from
+        there (its later steps are trained again, each listed once in metrics.jsonl), at most
+        ``fault.max_recoveries`` times in a run; each is recorded in ``self.recoveries`` (and so in every later
+        checkpoint's training_info.json). False when none is left to try or there is no checkpoint."""
+        failed_at = self.step + 1
+        if self.stop.requested or len(self.recoveries) >= self.cfg.fault.max_recoveries or not self.store.step_folders():
+            return False
+        names = [*self.actor_names(), BOARD_NAME]
+        self.shutdown(graceful=False)  # a learner left waiting in a collective would not answer a shutdown
+        wait_until_gone(names, self.namespace)
+        self.resume_uri = self.store.resolve(-1)
+        self.resume_info = self.store.read_info(self.resume_uri)
+        self.pending.clear()
+        self.restarts_before += sum(self.restarts_seen.values())  # the new board counts from zero
+        self.weight_loads, self.restarts_seen = [], {}
+        self.recoveries.append({
+            "failed_at_step": failed_at, "resumed_from_step": self.resume_info["step"], "what": what,
+            "at": datetime.now().isoformat(timespec="seconds"),
+        })
+        log.warning("step %d: %s; rebuilding every actor from checkpoint step_%d (recovery %d of fault.max_recoveries "
+                    "%d)", failed_at, what, self.resume_info["step"], len(self.recoveries), self.cfg.fault.max_recoveries)
+        self.start_actors()
+        return True
+
+    def actor_names(self) -> dict[str, object]:
+        """Every actor of the run by name (a dead one's handle still names it)."""
+        actors = {f"replica-{i}": a for i, a in enumerate(getattr(self, "replicas", []))}
+        actors |= {f"rollout-{i}": a for i, a in enumerate(getattr(self, "workers", []))}
+        return actors | {f"learner-{i}": a for i, a in enumerate(getattr(getattr(self, "learners", None), "actors", []) or [])}
 
     def dead_actor_message(self, error: BaseException) -> str:
         """Which actor died past its restarts, at which step, and where to resume from."""
-        actors = {f"replica-{i}": a for i, a in enumerate(getattr(self, "replicas", []))}
-        actors |= {f"rollout-{i}": a for i, a in enumerate(getattr(self, "workers", []))}
-        actors |= {f"learner-{i}": a for i, a in enumerate(getattr(getattr(self, "learners", None), "actors", []) or [])}
+        actors = self.actor_names()
         latest = self.store.latest_step() if self.store.steps() else None
         resume = (f"the newest checkpoint is step_{latest}: resume with --ckpt.resume_step -1" if latest is not None
                   else "no checkpoint was saved yet")
         return (f"step {self.step + 1}: {describe_dead_actor(error, actors)} died and was not restarted (replicas and "
-                f"rollout workers get fault.max_restarts = {self.cfg.fault.max_restarts}; learners none yet); {resume}")
+                f"rollout workers get fault.max_restarts = {self.cfg.fault.max_restarts}, the run "
+                f"fault.max_recoveries = {self.cfg.fault.max_recoveries}); {resume}")
 
     def _run(self, on_eval: EvalCallback | None) -> RunResult:
         from tqdm import tqdm
@@ -460,6 +505,15 @@ class Trainer:
         if self.step > 0 and last_saved != self.step and (cfg.ckpt.at_end or self.stop.requested):
             saved_uri = self.save_checkpoint()
         return RunResult(self.output_dir, self.step, history, self.run_folder.uri, self.stop.received, saved_uri)
+
+
+def fitted_groups(groups: list[list[Rollout]]) -> tuple[list[list[Rollout]], dict[str, int]]:
+    """The groups that were played (a task whose prompt was too long for seq_len has none) and, when any
+    prompt was too long, ``prompts/skipped_too_long`` and ``prompts/truncated`` (groups)."""
+    played = [g for g in groups if g]
+    truncated = sum(any(r.prompt_truncated for r in g) for g in played)
+    skipped = len(groups) - len(played)
+    return played, ({"prompts/skipped_too_long": skipped, "prompts/truncated": truncated} if skipped or truncated else {})
 
 
 class SkippedUpdates:

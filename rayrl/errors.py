@@ -59,3 +59,7 @@ class NumericsError(RayrlError, RuntimeError):
 
 class ActorError(RayrlError, RuntimeError):
     """An actor died beyond its restarts or stopped answering: the message names it, the call and the step."""
+
+
+class WeightsError(RayrlError, RuntimeError):
+    """A replica's weights after a load differ from what the learner published (checked every version)."""

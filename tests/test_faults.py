@@ -24,11 +24,12 @@ def metric_steps(run: Path) -> list[int]:
 
 
 class Saboteur(threading.Thread):
-    """Once the run has logged ``after_step`` steps, sends ``signum`` to each named actor's process in turn."""
+    """Sends each (actor name, signal) of ``events`` in turn, the k-th once the run has logged
+    ``after_step + k`` steps."""
 
-    def __init__(self, run: Path, namespace: str, targets: list[str], signum: int, after_step: int = 2):
+    def __init__(self, run: Path, namespace: str, events: list[tuple[str, int]], after_step: int = 2):
         super().__init__(daemon=True)
-        self.run_dir, self.namespace, self.targets, self.signum, self.after_step = run, namespace, targets, signum, after_step
+        self.run_dir, self.namespace, self.events, self.after_step = run, namespace, events, after_step
         self.done: list[str] = []
         self.error: BaseException | None = None
 
@@ -37,28 +38,26 @@ class Saboteur(threading.Thread):
 
         try:
             deadline = time.monotonic() + 300
-            for target in self.targets:
+            for target, signum in self.events:
                 while len(metric_steps(self.run_dir)) < self.after_step + len(self.done):
                     assert time.monotonic() < deadline, "the run did not get far enough"
                     time.sleep(0.05)
                 pid = ray.get(ray.get_actor(target, namespace=self.namespace).pid.remote(), timeout=60)
-                os.kill(pid, self.signum)
+                os.kill(pid, signum)
                 self.done.append(target)
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
 
 
-def run_with(small_config, run: Path, saboteur_targets: list[str], signum: int, **extra):
+def run_with(small_config, run: Path, events: list[tuple[str, int]], after_step: int = 2, **extra):
     from rayrl.driver import train
 
-    cfg = small_config(run, max_steps=8, eval={"interval": 4, "num_examples": 10}, ckpt={"interval": 4, "keep": 0},
-                       inference={"replicas": 2, "threads": 1, "cpus_per_replica": 0.25},
-                       rollout={"workers": 2}, **extra)
-    saboteur = Saboteur(run, run.name, saboteur_targets, signum)
+    saboteur = Saboteur(run, run.name, events, after_step)
     saboteur.start()
+    cfg = small_config(run, **extra)
     result = train(cfg)
     saboteur.join(timeout=10)
-    assert saboteur.error is None and saboteur.done == saboteur_targets, saboteur.error
+    assert saboteur.error is None and saboteur.done == [target for target, _ in events], saboteur.error
     return cfg, result
 
 
@@ -70,24 +69,45 @@ def check_complete(cfg, run: Path, result) -> None:
 
 
 @pytest.mark.slow
-def test_killed_replica_and_rollout_worker_are_restarted_and_the_run_completes(
+def test_killed_and_frozen_replicas_and_a_killed_worker_are_restarted_and_the_run_completes(
     ray_cluster, small_config, base_model_path, tmp_path
 ):
-    run = tmp_path / "killed"
-    cfg, result = run_with(small_config, run, ["replica-1", "rollout-0"], signal.SIGKILL)
+    run = tmp_path / "faults"
+    start = time.monotonic()
+    events = [("replica-1", signal.SIGKILL), ("rollout-0", signal.SIGKILL), ("replica-0", signal.SIGSTOP)]
+    cfg, result = run_with(
+        small_config, run, events, max_steps=8, eval={"interval": 4, "num_examples": 10},
+        ckpt={"interval": 4, "keep": 0}, inference={"replicas": 2, "threads": 1, "cpus_per_replica": 0.25},
+        rollout={"workers": 2}, fault={"generate_timeout_s": 5},
+    )
     check_complete(cfg, run, result)
-    assert result.metrics[-1]["fault/restarts"] == 2
-    # the restarted replica serves the newest weights: every step's samples were on-policy
-    assert all(m.get("staleness/max", 0) == 0 for m in result.metrics if "staleness/max" in m)
+    assert result.metrics[-1]["fault/restarts"] == 3
+    # restarted replicas serve the newest weights: every step's samples were on-policy
+    assert all(m["staleness/max"] == 0 for m in result.metrics if "staleness/max" in m)
+    assert time.monotonic() - start < 240  # the frozen one found by its deadline, not gRPC's minutes-long keepalive
 
 
 @pytest.mark.slow
-def test_a_frozen_replica_is_timed_out_killed_restarted_and_the_run_completes(
+def test_a_dead_learner_is_rebuilt_from_the_newest_checkpoint_and_the_recovery_recorded(
     ray_cluster, small_config, base_model_path, tmp_path
 ):
-    run = tmp_path / "frozen"
-    start = time.monotonic()
-    cfg, result = run_with(small_config, run, ["replica-0"], signal.SIGSTOP, fault={"generate_timeout_s": 5})
+    run = tmp_path / "learner"
+    cfg, result = run_with(small_config, run, [("learner-0", signal.SIGKILL)], after_step=3, max_steps=8,
+                           eval={"interval": 0}, ckpt={"interval": 2, "keep": 0})
     check_complete(cfg, run, result)
-    assert result.metrics[-1]["fault/restarts"] == 1
-    assert time.monotonic() - start < 200  # not gRPC's minutes-long keepalive
+    info = json.loads((run / "checkpoints" / "step_8" / "training_info.json").read_text())
+    [recovery] = info["recoveries"]
+    assert recovery["resumed_from_step"] in (2, 4) and recovery["failed_at_step"] > recovery["resumed_from_step"]
+    assert "learner-0" in recovery["what"]
+
+
+@pytest.mark.slow
+def test_recoveries_are_bounded_then_the_error_names_the_actor_and_step(
+    ray_cluster, small_config, base_model_path, tmp_path
+):
+    from rayrl.errors import ActorError
+
+    run = tmp_path / "bounded"
+    with pytest.raises(ActorError, match=r"step \d: learner-0 \(.*\) died and was not restarted .* resume with"):
+        run_with(small_config, run, [("learner-0", signal.SIGKILL)], after_step=2, max_steps=6,
+                 eval={"interval": 0}, ckpt={"interval": 2, "keep": 0}, fault={"max_recoveries": 0})

@@ -63,3 +63,40 @@ def test_ray_job_submit_runs_rayrl_train_on_an_existing_cluster(head_node, tmp_p
     no_token = ray_cli(["job", "status", job_id], clean_env(RAY_ADDRESS=address, HOME=str(tmp_path)), 60)
     assert no_token.returncode != 0
     assert "token" in (no_token.stdout + no_token.stderr).lower()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_job_stop_ends_a_submitted_run_with_a_final_checkpoint_and_the_resume_line(head_node, tmp_path):
+    import json
+    import time
+
+    address, cluster_env = head_node
+    job_id = f"rayrl-stop-{secrets.token_hex(4)}"
+    run_dir = tmp_path / "run"
+    entrypoint = [
+        "rayrl", "train", "experiments/default.toml", "--output-dir", str(run_dir),
+        "--max_steps", "500", "--batch_size", "16", "--rollouts_per_example", "4", "--seq_len", "16",
+        "--warmstart.enabled", "false", "--model.cache_dir", str(tmp_path / "cache"),
+        "--model.tiny.hidden_size", "32", "--model.tiny.num_layers", "1", "--model.tiny.intermediate_size", "64",
+        "--env.0.args.eval_size", "100", "--eval.interval", "0", "--eval.at_start", "false",
+        "--inference.threads", "1", "--learner.threads", "1", "--learner.micro_batch_size", "16",
+        "--ckpt.interval", "1000", "--log.progress", "false",
+    ]  # fmt: skip
+    client_env = clean_env(RAY_ADDRESS=address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster_env["RAY_AUTH_TOKEN"])
+    runtime_env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"}})  # as docs/reliability.md says
+    submitted = ray_cli(["job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", ".",
+                         "--runtime-env-json", runtime_env, "--", *entrypoint], client_env, 120)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 200
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline, ray_cli(["job", "logs", job_id], client_env, 60).stdout[-3000:]
+        time.sleep(0.2)
+
+    stopped = ray_cli(["job", "stop", job_id], client_env, 90)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    logs = ray_cli(["job", "logs", job_id], client_env, 60).stdout
+    reached = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert f"stopped by SIGTERM at step {reached} of 500" in logs and "--ckpt.resume_step -1" in logs, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{reached}"

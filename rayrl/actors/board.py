@@ -8,6 +8,8 @@ reports its (re)starts here, which is how the driver counts restarts.
 
 from __future__ import annotations
 
+BOARD_NAME = "policy-board"
+
 
 class PolicyBoard:
     def __init__(self) -> None:
@@ -30,11 +32,22 @@ class PolicyBoard:
         return dict(self.restarts)
 
 
-def report_start(board, name: str) -> bool:
-    """Tell ``board`` (if any) that the calling actor started; returns whether Ray restarted it."""
+def find_board(namespace: str):
+    """The PolicyBoard of the run whose actors live in ``namespace``."""
     import ray
 
-    restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    return ray.get_actor(BOARD_NAME, namespace=namespace)
+
+
+def report_start(board, name: str) -> bool:
+    """Tell ``board`` (if any) that the calling actor started; returns whether Ray restarted it."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():  # Ray's own property calls a deprecated one of its API
+        warnings.simplefilter("ignore")
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
     if board is not None:
         ray.get(board.started.remote(name, restarted))
     return restarted

@@ -15,6 +15,7 @@ from rayrl.actors.waiting import wait_for
 from rayrl.config import Config
 from rayrl.config.models import FaultConfig
 from rayrl.engines.base import EngineSpec
+from rayrl.errors import ActorError
 from rayrl.models.source import ModelSource
 
 log = logging.getLogger(__name__)
@@ -30,17 +31,20 @@ def engine_spec(cfg: Config) -> EngineSpec:
 
 
 def start_board(namespace: str):
-    """The run's PolicyBoard actor (newest weights and restart counts for actors that restart)."""
+    """The run's PolicyBoard actor (newest weights and restart counts for actors that restart), named
+    BOARD_NAME in ``namespace``: actors find it by name (a handle among an actor's constructor arguments
+    makes Ray warn that a restart could fail)."""
     import ray
 
-    from rayrl.actors.board import PolicyBoard
+    from rayrl.actors.board import BOARD_NAME, PolicyBoard
 
-    return ray.remote(PolicyBoard).options(name="policy-board", namespace=namespace, num_cpus=0).remote()
+    return ray.remote(PolicyBoard).options(name=BOARD_NAME, namespace=namespace, num_cpus=0).remote()
 
 
-def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str, board=None) -> list:
+def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str, board: bool = False) -> list:
     """``inference.replicas`` InferenceActors serving ``model`` as policy version ``version``, each restarted
-    by Ray up to ``fault.max_restarts`` times (in-flight calls retried; the newest weights from ``board``)."""
+    by Ray up to ``fault.max_restarts`` times (in-flight calls retried; with ``board``, the newest weights
+    from the namespace's PolicyBoard)."""
     import ray
 
     from rayrl.actors.inference import InferenceActor
@@ -51,14 +55,15 @@ def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespac
         replica_cls.options(
             name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica,
             max_restarts=restarts, max_task_retries=restarts,
-        ).remote(model, engine_spec(cfg), version, board, f"replica-{i}")
+        ).remote(model, engine_spec(cfg), version, namespace if board else None, f"replica-{i}")
         for i in range(ic.replicas)
     ]
 
 
-def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list, namespace: str, board=None) -> list:
-    """``rollout.workers`` RolloutWorkers over ``replicas`` (tokenizer from ``model``), each restarted by Ray
-    up to ``fault.max_restarts`` times (its in-flight request retried)."""
+def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list, namespace: str,
+                          board: bool = False) -> list:  # fmt: skip
+    """``rollout.workers`` RolloutWorkers over the replicas ``replica-i`` (tokenizer from ``model``), each
+    restarted by Ray up to ``fault.max_restarts`` times (its in-flight request retried)."""
     import ray
 
     from rayrl.actors.rollout import RolloutWorker
@@ -68,7 +73,8 @@ def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list,
     return [
         worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker,
                            max_restarts=restarts, max_task_retries=restarts).remote(
-            cfg.env, model, replicas, i, cfg.seq_len, cfg.fault, board
+            cfg.env, model, [f"replica-{r}" for r in range(len(replicas))], i, cfg.seq_len, cfg.fault, namespace,
+            board, rc.long_prompts
         )
         for i in range(rc.workers)
     ]
@@ -105,7 +111,8 @@ def submit_rollouts(workers: list, tasks: list, params, step: int, round_: int =
 
 def collect_rollouts(submitted: Submitted, fault: FaultConfig | None = None,
                      should_stop: Callable[[], bool] | None = None) -> tuple[list[list], float]:  # fmt: skip
-    """Wait for submitted rollouts; returns each task's group of rollouts in task order, and the
+    """Wait for submitted rollouts; returns each task's group of rollouts in task order (an empty one for a
+    task whose prompt was too long, with ``rollout.long_prompts = "skip"``), and the
     generation time (the slowest worker's: workers generate in parallel). A worker that does not answer
     within ``fault.rollout_timeout_s`` is restarted and its request retried (``wait_for``)."""
     fault = fault or FaultConfig()
@@ -116,7 +123,7 @@ def collect_rollouts(submitted: Submitted, fault: FaultConfig | None = None,
         by_group: dict[int, list] = {}
         for r in batch.rollouts:
             by_group.setdefault(r.group, []).append(r)
-        groups.extend(by_group[g] for g in sorted(by_group))
+        groups.extend(by_group.get(g, []) for g in range(batch.tasks))  # [] for a task skipped (long prompt)
     return groups, max((b.generate_s for b in batches), default=0.0)
 
 
@@ -137,6 +144,25 @@ def wait_ready(replicas: list, warn_after_s: float = 60.0, timeout_s: float | No
     left = None if timeout_s is None else max(timeout_s - warn_after_s, 1.0)
     wait_for(refs, "starting the replicas (fault.ready_timeout_s; are the CPUs/GPUs they reserve free?)", left,
              [f"replica-{i}" for i in range(len(replicas))])
+
+
+def wait_until_gone(names: list[str], namespace: str, timeout_s: float = 60.0) -> None:
+    """Wait until no actor of ``names`` is alive in ``namespace`` (``ray.kill`` returns before the actor is
+    gone, and a name is free again only then)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    for name in names:
+        while True:
+            try:
+                ray.get_actor(name, namespace=namespace)
+            except ValueError:
+                break
+            if time.monotonic() > deadline:
+                raise ActorError(f"actor {name} still alive {timeout_s:g} s after it was killed")
+            time.sleep(0.05)
 
 
 def kill_actors(actors: list) -> None:

@@ -9,7 +9,8 @@ import torch
 
 from rayrl.engines import make_engine
 from rayrl.engines.base import Completion, EngineSpec, SamplingParams
-from rayrl.engines.weights import WeightBundle
+from rayrl.engines.weights import WeightBundle, fingerprint, unflatten
+from rayrl.errors import WeightsError
 from rayrl.models.export import merged_model_dir
 from rayrl.models.source import ModelSource, local_model_dir
 
@@ -27,18 +28,22 @@ class InferenceActor:
     With a ``board`` (training), a replica that Ray restarted loads the newest published weights from it
     before it serves anything: its calls (retried by Ray) then see the policy the others serve."""
 
-    def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0, board=None, name: str = ""):
+    def __init__(self, model: ModelSource | str, spec: EngineSpec, version: int = 0, board: str | None = None,
+                 name: str = ""):  # fmt: skip
+        """``board``: the namespace whose PolicyBoard a restarted replica reads the newest weights from."""
         torch.set_num_threads(spec.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         # a LoRA checkpoint (rayrl eval of a LoRA run) is served merged into its base
         path = merged_model_dir(local_model_dir(model))
         self.engine = make_engine(replace(spec, model_path=path, device=device))
         self.version = version
-        if board is not None:
+        self.name = name
+        if board:
             import ray
 
-            from rayrl.actors.board import report_start
+            from rayrl.actors.board import find_board, report_start
 
+            board = find_board(board)
             if report_start(board, name):
                 newest, bundle = ray.get(board.newest.remote())
                 if bundle:
@@ -50,10 +55,33 @@ class InferenceActor:
         return GenerationResult(completions, self.version, time.perf_counter() - start)
 
     def load_weights(self, bundle: WeightBundle) -> int:
-        """Load a published version (Ray resolves the object ref to the shared bundle)."""
+        """Load a published version (Ray resolves the object ref to the shared bundle), then check it: the
+        bundle as received, and what the engine now holds under the bundle's names (where the engine's names
+        are the learner's: the transformers engine, full weights), against the publisher's fingerprint.
+        A difference raises WeightsError naming this replica and the version."""
         self.engine.load_weights(bundle)
+        if bundle.fingerprint:
+            self._verify(bundle)
         self.version = bundle.version
         return self.version
+
+    def _verify(self, bundle: WeightBundle) -> None:
+        received = unflatten(bundle)
+        problems = []
+        if fingerprint(received) != bundle.fingerprint:
+            problems.append("the bundle changed on its way")
+        held_by = getattr(self.engine, "held_weights", None)
+        held = held_by(list(received)) if held_by is not None and bundle.adapter_scaling is None else None
+        if held is not None:  # compared in the engine's dtypes (a replica may serve in another precision)
+            expected = {n: t.to(held[n].dtype) if t.dtype != held[n].dtype else t for n, t in received.items()}
+            if fingerprint(held) != fingerprint(expected):
+                problems.append("the engine holds other values than it was given")
+        if problems:
+            raise WeightsError(
+                f"{self.name or 'replica'}: weights version {bundle.version} failed its check after loading "
+                f"({'; '.join(problems)}; published fingerprint {bundle.fingerprint}). Nothing was generated from them; "
+                "this is a bug or a hardware fault: report it with the replica's log"
+            )
 
     def memory_info(self) -> dict[str, int]:
         """This process's memory in bytes: rss, and uss/pss, which count shared weights once per node."""

@@ -26,7 +26,7 @@ from rayrl.algorithms.grpo import (
 )
 from rayrl.algorithms.sampling import token_logprobs
 from rayrl.config import Config
-from rayrl.engines.weights import WeightBundle, flatten_state_dict
+from rayrl.engines.weights import WeightBundle, flatten_state_dict, with_fingerprint
 from rayrl.errors import CheckpointError, ConfigError
 from rayrl.models.source import ModelSource, local_model_dir
 from rayrl.models.value_head import ValueHead, load_value_head, reduce_gradients, save_value_head
@@ -384,7 +384,7 @@ class Learner:
             return None
         bundle = flatten_state_dict(tensors, version, out=getattr(self, "_staging", None), adapter_scaling=scaling)
         self._staging = bundle.buffer
-        return bundle
+        return with_fingerprint(bundle)
 
     def publish_weights(self, version: int):
         """Put the full weights into the object store once, from this process; rank 0 returns the ObjectRef."""
@@ -462,6 +462,11 @@ class Learner:
             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.distributed),
         )
         self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=False))
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -606,7 +611,8 @@ class LearnerGroup:
         """Write a checkpoint's files into ``target`` (folder or URI); their sizes and sha256 sums."""
         return self._call("save", target)[0]
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
+        """Leave the process group (``graceful``: asked of each rank, 30 s at most) and kill the actors."""
         if self.local is not None:
             self.local.shutdown()
             return
@@ -614,7 +620,8 @@ class LearnerGroup:
         from ray.util.placement_group import remove_placement_group
 
         try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+            if graceful:
+                ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
         except Exception:  # noqa: BLE001 - best effort: the actors are killed next anyway
             pass
         for actor in self.actors:

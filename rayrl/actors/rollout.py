@@ -12,6 +12,7 @@ from rayrl.engines.base import SamplingParams
 from rayrl.envs.base import EpisodeRequest, EpisodeResult, Example, Generator, Sampled, drives_generation
 from rayrl.envs.episodes import CALL_SEED_STRIDE, play_turns
 from rayrl.envs.registry import build_env
+from rayrl.errors import EnvError
 from rayrl.models.source import ModelSource, local_model_dir
 
 
@@ -30,6 +31,7 @@ class RolloutBatch:
 
     rollouts: list[Rollout]
     generate_s: float  # engine time, summed over turns (replicas of one turn generate in parallel)
+    tasks: int = 0  # tasks in the request; rollouts of a skipped one (its prompt too long) are absent
 
 
 class ReplicaGenerator(Generator):
@@ -66,18 +68,23 @@ class ReplicaGenerator(Generator):
 class RolloutWorker:
     """Builds prompts, plays every task's episodes through the replicas, returns scored rollouts."""
 
-    def __init__(self, env_cfgs: list[EnvConfig], model: ModelSource | str, replicas: list, worker_index: int,
-                 seq_len: int, fault: FaultConfig | None = None, board=None):  # fmt: skip
+    def __init__(self, env_cfgs: list[EnvConfig], model: ModelSource | str, replicas: list[str], worker_index: int,
+                 seq_len: int, fault: FaultConfig | None = None, namespace: str | None = None, board: bool = False,
+                 long_prompts: str = "error"):  # fmt: skip
+        """``replicas``: the names of the replica actors in ``namespace`` (where its PolicyBoard is, with ``board``)."""
         from transformers import AutoTokenizer
 
-        if board is not None:
-            from rayrl.actors.board import report_start
+        if board:
+            from rayrl.actors.board import find_board, report_start
 
-            report_start(board, f"rollout-{worker_index}")
+            report_start(find_board(namespace), f"rollout-{worker_index}")
         self.fault = fault or FaultConfig()
+        self.long_prompts = long_prompts
+        self.warned_long: set[str] = set()
         self.envs = [build_env(e) for e in env_cfgs]
         self.tokenizer = AutoTokenizer.from_pretrained(local_model_dir(model))
-        self.replicas = replicas
+        self.replica_names = replicas
+        self.replicas = find_actors(replicas, namespace)
         self.worker_index = worker_index
         self.env_ids = [e.id for e in env_cfgs]
         self.seq_len = seq_len
@@ -86,13 +93,13 @@ class RolloutWorker:
         """Play ``task.samples`` episodes of every task. Environments stepped by rayrl share one generate
         call a turn; environments that drive generation themselves (verifiers) play their own."""
         prompt_ids = [self.tokenizer(t.example.prompt).input_ids for t in tasks]
-        self._check_prompt_lengths(tasks, prompt_ids)
+        fits = self._fit_prompts(tasks, prompt_ids, params.max_tokens)
         order = self.rotated_order()
         generator = ReplicaGenerator([self.replicas[i] for i in order], self.tokenizer, self.seq_len, params,
-                                     [f"replica-{i}" for i in order], self.fault)
+                                     [self.replica_names[i] for i in order], self.fault)
         requests = [
             (group, EpisodeRequest(self.envs[t.env_index], t.example, ids))
-            for group, (t, ids) in enumerate(zip(tasks, prompt_ids)) for _ in range(t.samples)
+            for group, (t, ids) in enumerate(zip(tasks, prompt_ids)) if fits[group] for _ in range(t.samples)
         ]
         episodes: list[EpisodeResult | None] = [None] * len(requests)
         by_player: dict[int, list[int]] = {}  # id(env) for self-driving envs, 0 for the shared turn loop
@@ -108,16 +115,31 @@ class RolloutWorker:
         rollouts = []
         for (group, _), episode in zip(requests, episodes):
             task = tasks[group]  # failed reward calls were logged by RewardOverride (rate-limited)
-            rollouts.append(rollout_of(task, group, episode))
-        return RolloutBatch(rollouts, generator.engine_s)
+            rollouts.append(rollout_of(task, group, episode, fits[group] == "truncated"))
+        return RolloutBatch(rollouts, generator.engine_s, len(tasks))
 
-    def _check_prompt_lengths(self, tasks: list[Task], prompt_ids: list[list[int]]) -> None:
-        for task, ids in zip(tasks, prompt_ids):
-            if len(ids) >= self.seq_len:
-                raise ValueError(
-                    f"environment '{self.env_ids[task.env_index]}', example {task.example.id}: the prompt is "
-                    f"{len(ids)} tokens, leaving no room under seq_len = {self.seq_len}; raise seq_len"
-                )
+    def _fit_prompts(self, tasks: list[Task], prompt_ids: list[list[int]], max_tokens: int) -> list[str]:
+        """Per task: "fits", "truncated" (its ids cut from the left, in place, to seq_len - max_tokens, at least
+        one token) or "" (skipped), for prompts leaving no room under seq_len (``rollout.long_prompts``)."""
+        out = []
+        for i, (task, ids) in enumerate(zip(tasks, prompt_ids)):
+            if len(ids) < self.seq_len:
+                out.append("fits")
+                continue
+            where = (f"environment '{self.env_ids[task.env_index]}', example {task.example.id}: the prompt is "
+                     f"{len(ids)} tokens, leaving no room under seq_len = {self.seq_len}")
+            if self.long_prompts == "error":
+                raise EnvError(f"{where}; raise seq_len, or set rollout.long_prompts to skip or truncate")
+            if self.env_ids[task.env_index] not in self.warned_long:  # once per environment, in this actor's log
+                self.warned_long.add(self.env_ids[task.env_index])
+                print(f"rayrl: {where}: {'skipped' if self.long_prompts == 'skip' else 'truncated'} "
+                      "(rollout.long_prompts; further ones counted, not logged)", flush=True)
+            if self.long_prompts == "skip":
+                out.append("")
+            else:
+                prompt_ids[i] = ids[-max(1, self.seq_len - max_tokens):]
+                out.append("truncated")
+        return out
 
     def rotated_order(self) -> list[int]:
         """Replica indices starting at a different one per worker, so W workers spread over R replicas."""
@@ -130,13 +152,22 @@ class RolloutWorker:
         return os.getpid()
 
 
-def rollout_of(task: Task, group: int, episode: EpisodeResult) -> Rollout:
+def rollout_of(task: Task, group: int, episode: EpisodeResult, truncated: bool = False) -> Rollout:
     """The Rollout the learner's step reads, from one played episode of ``task``."""
     return Rollout(
         task.env_index, task.example.id, group, episode.prompt_ids, episode.completion_ids, episode.logprobs,
         episode.reward, episode.version, episode.finish_reason, episode.completion, episode.completion_mask,
-        episode.metrics, episode.turns, episode.reward_error,
+        episode.metrics, episode.turns, episode.reward_error, truncated,
     )
+
+
+def find_actors(names: list[str], namespace: str | None) -> list:
+    """Handles of the named actors of ``namespace``."""
+    if not names:
+        return []
+    import ray
+
+    return [ray.get_actor(name, namespace=namespace) for name in names]
 
 
 def split_contiguous(items: list, parts: int) -> list[list]:

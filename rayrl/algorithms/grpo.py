@@ -51,6 +51,7 @@ class Rollout:
     metrics: dict[str, float] = field(default_factory=dict)  # the environment's named metrics
     turns: int = 1
     reward_error: str = ""  # why the reward function failed (reward 0), else ""
+    prompt_truncated: bool = False  # the prompt was cut from the left to fit seq_len (rollout.long_prompts)
 
 
 @dataclass

@@ -356,6 +356,11 @@ class LearnerConfig(Section):
 
 class RolloutConfig(Section):
     workers: int = Field(1, ge=1, description="RolloutWorker actors.")
+    long_prompts: Literal["skip", "truncate", "error"] = Field(
+        "skip", description="A prompt that leaves no room under seq_len for a generated token: skip its example "
+        "(counted as prompts/skipped_too_long; in evaluation it scores 0), truncate it from the left to "
+        "seq_len - sampling.max_tokens tokens (prompts/truncated), or stop with an error naming it.",
+    )
     cpus_per_worker: float = Field(0.0, ge=0, description="CPUs reserved by each rollout worker.")
 
 
@@ -410,6 +415,11 @@ class FaultConfig(Section):
     learner_timeout_s: float = Field(
         1800.0, gt=0, description="A learner call (update, publication, checkpoint save) taking longer stops the run with "
         "an error naming the learner, the call and the step.",
+    )
+    max_recoveries: int = Field(
+        2, ge=0, description="Times a run rebuilds every actor from its newest intact checkpoint after a learner died "
+        "or stopped answering (or a replica or worker used up its restarts); each is recorded under 'recoveries' in "
+        "training_info.json. One more failure stops the run.",
     )
     ready_timeout_s: float = Field(
         1800.0, gt=0, description="Starting the replicas (loading the model; waiting for the CPUs/GPUs they reserve) "

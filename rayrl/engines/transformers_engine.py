@@ -98,5 +98,10 @@ class TransformersEngine(Engine):
         else:
             load_into(self.model, bundle)
 
+    def held_weights(self, names: list[str]) -> dict[str, torch.Tensor] | None:
+        """The tensors the model now holds under ``names`` (its state dict's names are the learner's)."""
+        own = self.model.state_dict()
+        return {n: own[n] for n in names} if all(n in own for n in names) else None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}

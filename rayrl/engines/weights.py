@@ -7,7 +7,9 @@ bfloat16 travels as raw bytes (numpy has no bfloat16).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ class WeightBundle:
     # A LoRA adapter instead of full weights: module path (e.g. "model.layers.0.self_attn.q_proj") -> its
     # scaling (alpha / r); the buffer then holds "<module>.lora_A" [r, in] and "<module>.lora_B" [out, r].
     adapter_scaling: dict[str, float] | None = None
+    fingerprint: str = ""  # of the tensors as published (``fingerprint``): each replica checks what it loaded
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +64,35 @@ def flatten_state_dict(
         src = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
         flat[entry.offset : entry.offset + entry.nbytes].copy_(src)
     return WeightBundle(version=version, index=tuple(entries), buffer=buffer, adapter_scaling=adapter_scaling)
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 7 * 2**21  # elements summed at a time (a multiple of 7: every 7th element keeps its place)
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A cheap exact digest of tensor values, 16 hex digits: per tensor, in name order, its name, dtype,
+    shape, and the sums (modulo 2^64) of its elements' bit patterns and of every 7th one's. Integer sums do
+    not depend on the order of summation, so any process, thread count or device gets the same digest for
+    the same bits; one pass over the weights, on the device they are on."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        bits = tensor.contiguous().reshape(-1).view(_BITS[tensor.element_size()])
+        total = every_7th = 0
+        for start in range(0, bits.numel(), _CHUNK):
+            chunk = bits[start : start + _CHUNK].to(torch.int64)
+            total += int(chunk.sum())
+            every_7th += int(chunk[3::7].sum())
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{total % 2**64}|{every_7th % 2**64};".encode())
+    return digest.hexdigest()
+
+
+def with_fingerprint(bundle: WeightBundle) -> WeightBundle:
+    """``bundle`` carrying the fingerprint of its tensors (the publisher's, before it travels)."""
+    from dataclasses import replace
+
+    return replace(bundle, fingerprint=fingerprint(unflatten(bundle)))
 
 
 def unflatten(bundle: WeightBundle) -> dict[str, torch.Tensor]:

@@ -124,14 +124,28 @@ def evaluate_model(
     for i, env_examples in enumerate(examples):
         groups = rollouts_by_task[start : start + len(env_examples)]
         start += len(env_examples)
-        result[names[i]] = _env_eval(env_examples, groups)
+        result[names[i]] = _env_eval(env_examples, groups, samples)
     return EvalResult(result)
 
 
-def _env_eval(examples: list[Example], groups: list[list]) -> EnvEval:
+def _unplayed(example: Example):
+    """The stand-in rollout of an example that could not be played: reward 0, no completion."""
+    from rayrl.algorithms.grpo import Rollout
+
+    return Rollout(0, example.id, 0, [], [], [], 0.0, 0, "prompt_too_long")
+
+
+def _env_eval(examples: list[Example], groups: list[list], samples: int) -> EnvEval:
+    """Scores per example; an example whose prompt was too long to play (``rollout.long_prompts = "skip"``)
+    scores 0 in each of its ``samples``: every checkpoint is scored on the same examples."""
     for ex, g in zip(examples, groups):
         if any(r.example_id != ex.id for r in g):
             raise RuntimeError(f"evaluation: rollouts out of order at example {ex.id}")
+    unplayed = sum(not g for g in groups)
+    if unplayed:
+        log.warning("%d of %d examples have a prompt too long for seq_len: scored 0 (rollout.long_prompts = skip)",
+                    unplayed, len(examples))
+    groups = [g or [_unplayed(ex) for _ in range(samples)] for ex, g in zip(examples, groups)]
     metric_names = sorted({m for g in groups for r in g for m in r.metrics})
     metrics = {
         m: np.array([[r.metrics.get(m, math.nan) for r in g] for g in groups], dtype=np.float64).reshape(len(groups), -1)
