@@ -20,9 +20,23 @@ def ray_cli(args: list[str], env: dict[str, str], timeout: float) -> subprocess.
     return subprocess.run([str(BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
+def tiny_train_command(run_dir, cache_dir, max_steps: int, ckpt_interval: int) -> list[str]:
+    """``rayrl train`` of the default experiment shrunk to seconds a step: a 1-layer model, no warm-start."""
+    return [
+        "rayrl", "train", "experiments/default.toml", "--output-dir", str(run_dir),
+        "--max_steps", str(max_steps), "--batch_size", "16", "--rollouts_per_example", "4", "--seq_len", "16",
+        "--warmstart.enabled", "false", "--model.cache_dir", str(cache_dir),
+        "--model.tiny.hidden_size", "32", "--model.tiny.num_layers", "1", "--model.tiny.intermediate_size", "64",
+        "--env.0.args.eval_size", "100", "--eval.interval", "0", "--eval.at_start", "false",
+        "--inference.threads", "1", "--learner.threads", "1", "--learner.micro_batch_size", "16",
+        "--ckpt.interval", str(ckpt_interval), "--log.progress", "false",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
 def head_node():
-    """A one-node Ray cluster (2 CPUs, dashboard with the job server) on free ports; yields (dashboard URL, env)."""
+    """A one-node Ray cluster (2 CPUs, dashboard with the job server) on free ports, shared by this module's
+    jobs; yields (dashboard URL, env)."""
     with started_head(num_cpus=2) as (address, env, _):
         yield address, env
 
@@ -34,15 +48,7 @@ def test_ray_job_submit_runs_rayrl_train_on_an_existing_cluster(head_node, tmp_p
     token = cluster_env["RAY_AUTH_TOKEN"]
     job_id = f"rayrl-test-{secrets.token_hex(4)}"
     run_dir = tmp_path / "run"
-    entrypoint = [
-        "rayrl", "train", "experiments/default.toml", "--output-dir", str(run_dir),
-        "--max_steps", "2", "--batch_size", "16", "--rollouts_per_example", "4", "--seq_len", "16",
-        "--warmstart.enabled", "false", "--model.cache_dir", str(tmp_path / "cache"),
-        "--model.tiny.hidden_size", "32", "--model.tiny.num_layers", "1", "--model.tiny.intermediate_size", "64",
-        "--env.0.args.eval_size", "100", "--eval.interval", "0", "--eval.at_start", "false",
-        "--inference.threads", "1", "--learner.threads", "1", "--learner.micro_batch_size", "16",
-        "--ckpt.interval", "0", "--log.progress", "false",
-    ]  # fmt: skip
+    entrypoint = tiny_train_command(run_dir, tmp_path / "cache", max_steps=2, ckpt_interval=0)
 
     # What a user types, with the client settings Ray 2.60 needs against a token-authenticated cluster.
     client_env = clean_env(RAY_ADDRESS=address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
@@ -74,15 +80,7 @@ def test_ray_job_stop_ends_a_submitted_run_with_a_final_checkpoint_and_the_resum
     address, cluster_env = head_node
     job_id = f"rayrl-stop-{secrets.token_hex(4)}"
     run_dir = tmp_path / "run"
-    entrypoint = [
-        "rayrl", "train", "experiments/default.toml", "--output-dir", str(run_dir),
-        "--max_steps", "500", "--batch_size", "16", "--rollouts_per_example", "4", "--seq_len", "16",
-        "--warmstart.enabled", "false", "--model.cache_dir", str(tmp_path / "cache"),
-        "--model.tiny.hidden_size", "32", "--model.tiny.num_layers", "1", "--model.tiny.intermediate_size", "64",
-        "--env.0.args.eval_size", "100", "--eval.interval", "0", "--eval.at_start", "false",
-        "--inference.threads", "1", "--learner.threads", "1", "--learner.micro_batch_size", "16",
-        "--ckpt.interval", "1000", "--log.progress", "false",
-    ]  # fmt: skip
+    entrypoint = tiny_train_command(run_dir, tmp_path / "cache", max_steps=500, ckpt_interval=1000)
     client_env = clean_env(RAY_ADDRESS=address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster_env["RAY_AUTH_TOKEN"])
     runtime_env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "30"}})  # as docs/reliability.md says
     submitted = ray_cli(["job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", ".",
