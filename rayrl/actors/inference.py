@@ -67,14 +67,18 @@ class InferenceActor:
 
     def _verify(self, bundle: WeightBundle) -> None:
         received = unflatten(bundle)
+        as_received = fingerprint(received)
         problems = []
-        if fingerprint(received) != bundle.fingerprint:
+        if as_received != bundle.fingerprint:
             problems.append("the bundle changed on its way")
         held_by = getattr(self.engine, "held_weights", None)
         held = held_by(list(received)) if held_by is not None and bundle.adapter_scaling is None else None
-        if held is not None:  # compared in the engine's dtypes (a replica may serve in another precision)
-            expected = {n: t.to(held[n].dtype) if t.dtype != held[n].dtype else t for n, t in received.items()}
-            if fingerprint(held) != fingerprint(expected):
+        # tensors that are views of the received bundle (the CPU engine aliases it) hold exactly its bytes
+        if held is not None and any(held[n].data_ptr() != t.data_ptr() for n, t in received.items()):
+            # compared in the engine's dtypes (a replica may serve in another precision)
+            cast = {n: t.to(held[n].dtype) for n, t in received.items() if t.dtype != held[n].dtype}
+            expected = fingerprint({**received, **cast}) if cast else as_received
+            if fingerprint(held) != expected:
                 problems.append("the engine holds other values than it was given")
         if problems:
             raise WeightsError(

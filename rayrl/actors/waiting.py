@@ -37,6 +37,7 @@ def wait_for(
     names = names or [f"actor {i}" for i in range(len(refs))]
     index = {ref: i for i, ref in enumerate(refs)}
     pending, kills = list(refs), 0
+    results: dict = {}  # ref -> value, fetched once
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while pending:
         if should_stop is not None and should_stop():
@@ -46,8 +47,8 @@ def wait_for(
             left = max(deadline - time.monotonic(), 0.0)
             step = left if step is None else min(step, left)
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=step)
-        if pending and ready:
-            ray.get(ready)  # a call that failed (its actor died) raises now, not after the others
+        if pending and ready:  # a call that failed (its actor died) raises now, not after the others
+            results.update(zip(ready, ray.get(ready)))
         if not pending or deadline is None or time.monotonic() < deadline:
             continue
         stuck = sorted({names[index[ref]] for ref in pending})
@@ -63,4 +64,6 @@ def wait_for(
                         "retries the call", what, name, timeout_s)
             ray.kill(actor, no_restart=False)
         deadline = time.monotonic() + timeout_s + restart_grace_s
-    return ray.get(refs)
+    rest = [ref for ref in refs if ref not in results]
+    results.update(zip(rest, ray.get(rest)))
+    return [results[ref] for ref in refs]

@@ -66,25 +66,36 @@ def flatten_state_dict(
     return WeightBundle(version=version, index=tuple(entries), buffer=buffer, adapter_scaling=adapter_scaling)
 
 
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_CHUNK = 7 * 2**21  # elements summed at a time (a multiple of 7: every 7th element keeps its place)
+_CHUNK = 7 * 2**22  # 8-byte words summed at a time (a multiple of 7: every 7th word keeps its place)
+
+
+def _words(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tensor's raw bytes as int64 words (no copy where its memory allows) and the bytes left over."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    whole = raw.numel() // 8 * 8
+    try:
+        words = raw[:whole].view(torch.int64)
+    except RuntimeError:  # memory not 8-byte aligned: copy it
+        words = raw[:whole].clone().view(torch.int64)
+    return words, raw[whole:]
 
 
 def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     """A cheap exact digest of tensor values, 16 hex digits: per tensor, in name order, its name, dtype,
-    shape, and the sums (modulo 2^64) of its elements' bit patterns and of every 7th one's. Integer sums do
-    not depend on the order of summation, so any process, thread count or device gets the same digest for
-    the same bits; one pass over the weights, on the device they are on."""
+    shape, and the wrapping sums of its raw bytes taken as 8-byte words, of every 7th word, and of the bytes
+    left over. Integer sums do not depend on the order of summation, so any process, thread count or device
+    gets the same digest for the same bits; one pass over the weights, on the device they are on, no copy."""
     digest = hashlib.blake2b(digest_size=8)
     for name in sorted(tensors):
-        tensor = tensors[name].detach()
-        bits = tensor.contiguous().reshape(-1).view(_BITS[tensor.element_size()])
+        tensor = tensors[name]
+        words, tail = _words(tensor)
         total = every_7th = 0
-        for start in range(0, bits.numel(), _CHUNK):
-            chunk = bits[start : start + _CHUNK].to(torch.int64)
+        for start in range(0, words.numel(), _CHUNK):
+            chunk = words[start : start + _CHUNK]
             total += int(chunk.sum())
             every_7th += int(chunk[3::7].sum())
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{total % 2**64}|{every_7th % 2**64};".encode())
+        rest = int(tail.to(torch.int64).sum()) if tail.numel() else 0
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|{total % 2**64}|{every_7th % 2**64}|{rest};".encode())
     return digest.hexdigest()
 
 
