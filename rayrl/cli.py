@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("rayrl.commands.restore", "copy a run folder back from a storage URI"),
     "export": ("rayrl.commands.export", "write a checkpoint as a Hugging Face model folder (adapter merged)"),
     "du": ("rayrl.commands.du", "show what a run folder holds on disk: checkpoints, leftovers, logs, free space"),
+    "plan": ("rayrl.commands.plan", "print the CPUs, GPUs and placement a run reserves, and where it fits on a cluster"),
 }
 
 
@@ -121,15 +122,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {user_message(e)}", file=sys.stderr)
             return 2
     from rayrl.config.loading import config_reference_markdown, load_config, parse_overrides
+    from rayrl.config.primerl import is_trio, load_trio, parse_trio_args
 
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    own = tokens[tokens.index(args.command) + 1 :]
+    trio = args.command in ("train", "config") and is_trio(own)
     try:
-        overrides = parse_overrides(rest)
-        if getattr(args, "output_dir", None):
-            overrides["output_dir"] = args.output_dir
-        if args.command == "config" and args.reference:
-            print(config_reference_markdown())
-            return 0
-        cfg = load_config(args.experiment, overrides)
+        if trio:  # prime-rl's --trainer @ train.toml --orchestrator @ orch.toml --inference @ infer.toml
+            cfg, warnings = load_trio(own)
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            args.experiment = parse_trio_args(own).files["orchestrator"][-1]  # where [[env]] is
+        else:
+            overrides = parse_overrides(rest)
+            if getattr(args, "output_dir", None):
+                overrides["output_dir"] = args.output_dir
+            if args.command == "config" and args.reference:
+                print(config_reference_markdown())
+                return 0
+            cfg = load_config(args.experiment, overrides)
     except RayrlError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
@@ -155,13 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped: interrupted before training started; nothing to resume", file=sys.stderr)
         return 130
     if result.stopped_by is not None:
-        tokens = sys.argv[1:] if argv is None else argv
         if result.final_step == 0:
             print(f"stopped by {result.stopped_by} before the first step; start again with: {command_text(tokens)}")
         else:
             where = f"checkpoint {result.last_checkpoint}" if result.last_checkpoint else "its newest checkpoint"
             print(f"stopped by {result.stopped_by} at step {result.final_step} of {cfg.max_steps} ({where}); "
-                  f"resume with: {resume_command(tokens, result.output_uri)}")
+                  f"resume with: {resume_command(tokens, result.output_uri, trio)}")
         return 128 + signal.Signals[result.stopped_by].value
     print(f"done: {result.final_step} steps, run folder {result.output_dir}")
     return 0
@@ -186,9 +196,13 @@ def command_text(tokens: list[str]) -> str:
     return shlex.join(["rayrl", *tokens])
 
 
-def resume_command(tokens: list[str], output_dir: str) -> str:
+def resume_command(tokens: list[str], output_dir: str, trio: bool = False) -> str:
     """The command that continues a stopped ``rayrl train`` run: its own arguments, the run folder and
-    ``--ckpt.resume_step -1``."""
+    ``--ckpt.resume_step -1`` (prime-rl's ``--trainer.ckpt.resume-step -1`` on a prime-rl command line)."""
+    if trio:
+        from rayrl.config.primerl import resume_tokens
+
+        return command_text([*resume_tokens(tokens), "--trainer.ckpt.resume-step", "-1", "--output-dir", str(output_dir)])
     return command_text([*argv_without_resume(tokens), "--output-dir", str(output_dir), "--ckpt.resume_step", "-1"])
 
 

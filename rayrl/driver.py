@@ -24,8 +24,8 @@ from rayrl.actors.learner import LearnerGroup
 from rayrl.actors.rollout import Task
 from rayrl.actors.waiting import WaitAbandoned, wait_for
 from rayrl.algorithms.grpo import (
-    Rollout, build_train_samples, drop_nonfinite, drop_stale, model_tokens, overlong_penalties, rewards_tied,
-    sequence_kl, to_train_sample, with_value_targets,
+    Rollout, build_train_samples, drop_nonfinite, drop_stale, drop_truncated, model_tokens, overlong_penalties,
+    rewards_tied, sequence_kl, to_train_sample, with_value_targets,
 )
 from rayrl.cluster import check_shared_folder, connect
 from rayrl.config import Config
@@ -264,6 +264,8 @@ class Trainer:
         t0 = time.perf_counter()
         if ppo and samples:  # GAE from the value head's estimates of this batch (one forward on the learners)
             stats.update(with_value_targets(samples, self.learners.value_estimates(samples), np.concatenate(shaped), a))
+        if a.mask_truncated_completions:
+            samples, stats["masked_truncated"] = drop_truncated(samples)
         update: dict[str, Any] = {}
         if samples:  # every group tied: no gradient at all this step, the policy stays as it is
             update = self.learners.update(samples)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rayrl.algorithms.grpo import (
-    Rollout, TrainSample, build_train_samples, collate, drop_stale, group_advantages, rewards_tied,
+    Rollout, TrainSample, build_train_samples, collate, drop_stale, drop_truncated, group_advantages, rewards_tied,
     set_loss_weights, shard_evenly,
 )
 from rayrl.algorithms.losses import policy_gradient_loss
@@ -33,6 +33,17 @@ def rollout(reward: float, version: int = 0, completion=(5, 6), mask=None, group
 
 
 # ---- advantages and ties ---------------------------------------------------------------------------
+def test_masked_truncated_completions_count_in_their_group_but_carry_no_loss():
+    """prime-rl's mask_truncated_completions: the cut completion's reward still shapes its group's
+    advantages (the others' are as without masking), and it is left out of the update."""
+    group = [rollout(1.0), rollout(0.0), rollout(0.0), rollout(1.0)]
+    group[3] = Rollout(**{**group[3].__dict__, "finish_reason": "length"})
+    samples, _ = build_train_samples([group])
+    kept, masked = drop_truncated(samples)
+    assert masked == 1 and len(kept) == 3 and not any(s.truncated for s in kept)
+    assert [s.advantage for s in kept] == [s.advantage for s in samples[:3]] == [0.5, -0.5, -0.5]
+
+
 def test_group_advantages_subtract_the_group_mean():
     adv = group_advantages(np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))
     np.testing.assert_allclose(adv, [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]])

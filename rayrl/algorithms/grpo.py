@@ -73,6 +73,7 @@ class TrainSample:
     token_advantages: np.ndarray | None = None
     returns: np.ndarray | None = None
     old_values: np.ndarray | None = None
+    truncated: bool = False  # the completion was cut at sampling.max_tokens
 
     def loss_tokens(self) -> int:
         """How many tokens this sample trains on (environment tokens excluded)."""
@@ -258,7 +259,16 @@ def to_train_sample(rollout: Rollout, advantage: float) -> TrainSample:
         old_logprobs=np.array(rollout.logprobs, dtype=np.float32),
         advantage=advantage,
         loss_mask=None if mask is None or all(mask) else np.array(mask, dtype=np.int8),
+        truncated=rollout.finish_reason == "length",
     )
+
+
+def drop_truncated(samples: list[TrainSample]) -> tuple[list[TrainSample], int]:
+    """prime-rl's ``mask_truncated_completions``: the samples whose completion ended at the token limit
+    carry no loss (their groups' advantages were computed with them) and are left out of the update.
+    Returns the samples kept and how many were left out."""
+    kept = [s for s in samples if not s.truncated]
+    return kept, len(samples) - len(kept)
 
 
 # ---- 4. loss weights, 5. shards ------------------------------------------------------------------

@@ -188,6 +188,10 @@ class AlgorithmConfig(Section):
         None, description="PPO: normalise the batch's token advantages to mean 0, std 1 (default true)."
     )
     max_off_policy_steps: int = Field(0, ge=0, description="Bounded staleness k (0 = synchronous).")
+    mask_truncated_completions: bool = Field(
+        False, description="Leave completions cut at sampling.max_tokens out of the loss (their group's advantages "
+        "still count them; counted as train/masked_truncated); prime-rl's orchestrator key of that name.",
+    )
 
     @model_validator(mode="after")
     def _fill_algorithm_defaults(self) -> AlgorithmConfig:
