@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg, warnings = load_trio(own)
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
-            args.experiment = parse_trio_args(own).files["orchestrator"][-1]  # where [[env]] is
+            files = parse_trio_args(own).files
+            args.experiment = (files.get("orchestrator") or files["shared"])[-1][0]  # where [[env]] is
         else:
             overrides = parse_overrides(rest)
             if getattr(args, "output_dir", None):

@@ -217,3 +217,20 @@ def test_every_mapped_key_is_documented():
         for key in keys:
             name = key.rsplit(".", 1)[-1]
             assert f"`{name}`" in doc or f"{name}`" in doc, (role, key)
+
+
+def test_one_combined_file_as_prime_rl_rl_toml(tmp_path):
+    """prime-rl's ``rl @ rl.toml``: shared keys at the top, [trainer], [orchestrator], [inference] tables."""
+    combined = tmp_path / "rl.toml"
+    combined.write_text(
+        'max_steps = 20\nseq_len = 512\n\n[model]\nname = "Qwen/Qwen3-0.6B"\n\n[trainer.optim]\nlr = 2e-6\n\n'
+        "[orchestrator]\nbatch_size = 64\nrollouts_per_example = 8\n\n[orchestrator.sampling]\nmax_tokens = 256\n\n"
+        '[[orchestrator.env]]\nid = "arithmetic"\n\n[inference.parallel]\ndp = 2\ntp = 1\n\n[inference.server]\nport = 8000\n'
+    )
+    cfg, warnings = load_trio(["@", str(combined), "--orchestrator.sampling.temperature", "0.7"])
+    assert (cfg.max_steps, cfg.seq_len, cfg.model.name, cfg.optim.lr) == (20, 512, "Qwen/Qwen3-0.6B", 2e-6)
+    assert (cfg.batch_size, cfg.rollouts_per_example, cfg.sampling.max_tokens) == (64, 8, 256)
+    assert cfg.sampling.temperature == 0.7 and [e.id for e in cfg.env] == ["arithmetic"]
+    assert cfg.inference.replicas == 2
+    assert warnings == ["rl.toml line 25 (inference.server.port): prime-rl's inference key 'server.port' has no "
+                        "rayrl meaning; ignored"], warnings  # tp = 1 is what rayrl does: no warning

@@ -35,6 +35,7 @@ log = logging.getLogger("rayrl")
 
 ROLES = ("trainer", "orchestrator", "inference")
 FILE_FLAGS = tuple(f"--{role}" for role in ROLES)
+SHARED = "shared"  # the top-level keys of a combined ``@ rl.toml`` (its [trainer] etc. tables go to their role)
 GPU_FLAGS = ("--inference-gpu-ids", "--trainer-gpu-ids")
 HINT = "prime-rl's files are mapped as docs/prime-rl.md lists"
 
@@ -69,10 +70,13 @@ KEY_MAP: dict[str, dict[str, str]] = {
         "model.name": "model.name", "model.dtype": "model.dtype", "seed": "seed", "parallel.dp": "inference.replicas",
     },
 }
+KEY_MAP[SHARED] = {**KEY_MAP["inference"], **KEY_MAP["trainer"], **KEY_MAP["orchestrator"]}
 # rayrl keys whose values must agree when several files set them (they change what is trained)
 MUST_AGREE = ("model.name", "max_steps", "seq_len", "batch_size", "rollouts_per_example", "optim.lr")
 # prime-rl values that mean "rayrl's default"
 DEFAULT_WORDS = {"model.dtype": ("auto",)}
+# prime-rl keys rayrl has no meaning for, silent at a value that is what rayrl does anyway
+SAME_AS_RAYRL = {("parallel", "tp"): 1, ("parallel", "pp"): 1}
 # prime-rl spellings of values rayrl spells otherwise
 VALUE_FIXES = {"log.level": lambda v: v.upper() if isinstance(v, str) else v}
 
@@ -88,7 +92,9 @@ class Setting:
 class TrioArgs:
     """The prime-rl part of a command line, split."""
 
-    files: dict[str, list[str]] = field(default_factory=dict)  # role -> its @ files, in order
+    # role -> its @ files in order, each with the table it reads (() = the whole file; ("trainer",) = the
+    # [trainer] table of a combined rl.toml)
+    files: dict[str, list[tuple[str, KeyPath]]] = field(default_factory=dict)
     role_overrides: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)  # role -> [(dotted key, value)]
     gpu_ids: dict[str, list[int]] = field(default_factory=dict)  # "inference" / "trainer" -> ids
     overrides: dict[str, str] = field(default_factory=dict)  # plain rayrl --key value
@@ -96,9 +102,10 @@ class TrioArgs:
 
 
 def is_trio(tokens: list[str]) -> bool:
-    """Whether a command line uses prime-rl's ``--trainer @ FILE`` form."""
-    return any(t in FILE_FLAGS and tokens[i + 1 : i + 2] and tokens[i + 1].startswith("@")
-               for i, t in enumerate(tokens))  # fmt: skip
+    """Whether a command line uses prime-rl's ``--trainer @ FILE`` (or combined ``@ rl.toml``) form."""
+    return bool(tokens) and tokens[0].startswith("@") or any(
+        t in FILE_FLAGS and tokens[i + 1 : i + 2] and tokens[i + 1].startswith("@") for i, t in enumerate(tokens)
+    )
 
 
 def parse_trio_args(tokens: list[str]) -> TrioArgs:
@@ -108,9 +115,9 @@ def parse_trio_args(tokens: list[str]) -> TrioArgs:
     while i < len(tokens):
         token = tokens[i]
         flag, eq, inline = token.partition("=")
-        if flag in FILE_FLAGS:
-            role, paths = flag[2:], []
-            i += 1
+        if flag in FILE_FLAGS or token.startswith("@"):
+            role, paths = (flag[2:] if flag in FILE_FLAGS else SHARED), []
+            i += int(flag in FILE_FLAGS)
             while i < len(tokens) and tokens[i].startswith("@"):
                 path = tokens[i][1:] or (tokens[i + 1] if i + 1 < len(tokens) else "")
                 if not path or path.startswith("--"):
@@ -119,7 +126,13 @@ def parse_trio_args(tokens: list[str]) -> TrioArgs:
                 i += 1 if tokens[i][1:] else 2
             if not paths:
                 raise ConfigError(f"command line: {flag} needs '@ FILE' (prime-rl's form), e.g. {flag} @ {role}.toml")
-            out.files.setdefault(role, []).extend(paths)
+            if role == SHARED:  # a combined file: its [trainer], [orchestrator], [inference] tables, its top keys
+                for path in paths:
+                    out.files.setdefault(SHARED, []).append((path, ()))
+                    for each in ROLES:
+                        out.files.setdefault(each, []).append((path, (each,)))
+            else:
+                out.files.setdefault(role, []).extend((path, ()) for path in paths)
             continue
         if not token.startswith("--"):
             raise ConfigError(f"command line: unexpected argument {token!r}; with --trainer @ FILE the experiment is "
@@ -149,7 +162,7 @@ def parse_trio_args(tokens: list[str]) -> TrioArgs:
                 raise ConfigError(f"command line: {flag} needs a value, e.g. {flag} VALUE")
             out.overrides[snake(flag[2:])] = value
     missing = [r for r in ("trainer", "orchestrator") if r not in out.files]
-    if missing and out.files:
+    if missing and out.files and SHARED not in out.files:
         raise ConfigError(f"command line: --{missing[0]} @ FILE is missing; prime-rl's form gives --trainer @ "
                           "train.toml --orchestrator @ orch.toml (and optionally --inference @ infer.toml)")
     return out
@@ -203,17 +216,24 @@ def rayrl_key(role: str, path: KeyPath) -> tuple[str | None, bool]:
     return None, False
 
 
-def read_role_files(paths: list[str]) -> tuple[dict, dict[KeyPath, str]]:
-    """The role's files deep-merged left to right, and where each leaf key was set."""
+def read_role_files(entries: list[tuple[str, KeyPath]]) -> tuple[dict, dict[KeyPath, str]]:
+    """The role's files (or their tables) deep-merged left to right, and where each leaf key was set."""
     data: dict = {}
     where: dict[KeyPath, str] = {}
-    for path in paths:
+    for path, table in entries:
         toml: TomlFile = read_toml(path, what="prime-rl config file", hint=HINT)
-        data = deep_merge(data, toml.data)
+        part: Any = toml.data
+        for key in table:
+            part = part.get(key, {}) if isinstance(part, dict) else {}
+        if not table:  # the whole file: a combined file's role tables are read by their roles
+            part = {k: v for k, v in part.items() if k not in ROLES}
+        if not isinstance(part, dict):
+            raise ConfigError(join([f"{path}: '{'.'.join(table)}' must be a table ([{'.'.join(table)}])"], HINT))
+        data = deep_merge(data, part)
         name = Path(path).name
-        for key, _ in flatten(toml.data):
-            line = toml.lines.get(key)
-            where[key] = f"{name}{f' line {line}' if line else ''} ({'.'.join(key)})"
+        for key, _ in flatten(part):
+            line = toml.lines.get((*table, *key))
+            where[key] = f"{name}{f' line {line}' if line else ''} ({'.'.join((*table, *key))})"
     return data, where
 
 
@@ -221,7 +241,7 @@ def collect(args: TrioArgs) -> tuple[dict[str, list[Setting]], list[str]]:
     """Every rayrl key the trio sets, with each value and its origin, and the warnings about ignored keys."""
     settings: dict[str, list[Setting]] = {}
     warnings: list[str] = []
-    for role in ROLES:
+    for role in (SHARED, *ROLES):
         data, where = read_role_files(args.files.get(role, []))
         cli_where: dict[KeyPath, str] = {}
         for dotted, value in args.role_overrides.get(role, []):
@@ -232,12 +252,15 @@ def collect(args: TrioArgs) -> tuple[dict[str, list[Setting]], list[str]]:
         for path, value in leaves:
             origin = cli_where.get(path) or where.get(path) or f"--{role} ({'.'.join(path)})"
             target, _ = rayrl_key(role, path)
+            if target is None and SAME_AS_RAYRL.get(path, object()) == value:
+                continue
             if target is None:
-                warnings.append(f"{origin}: prime-rl's {role} key '{'.'.join(path)}' has no rayrl meaning; ignored")
+                whose = "top-level" if role == SHARED else role
+                warnings.append(f"{origin}: prime-rl's {whose} key '{'.'.join(path)}' has no rayrl meaning; ignored")
                 continue
             if isinstance(value, str) and value in DEFAULT_WORDS.get(target, ()):
                 continue
-            if role == "trainer" and target.startswith("lora."):
+            if role in ("trainer", SHARED) and target.startswith("lora."):
                 settings.setdefault("lora.enabled", []).append(Setting(True, origin, role))
             value = VALUE_FIXES.get(target, lambda v: v)(_typed(path, value, origin))
             settings.setdefault(target, []).append(Setting(value, origin, role))
@@ -328,8 +351,8 @@ def load_trio(tokens: list[str]) -> tuple[Config, list[str]]:
         raw["output_dir"] = args.output_dir
     origins.update(apply_overrides(raw, args.overrides, {}))
     cfg = validate(Config, raw, TomlFile(None), origins, hint=HINT)
-    anchor = args.files.get("orchestrator", args.files.get("trainer"))
-    anchor_paths(cfg, Path(anchor[-1]).resolve().parent)
+    anchor = args.files.get("orchestrator") or args.files[SHARED]
+    anchor_paths(cfg, Path(anchor[-1][0]).resolve().parent)
     return cfg, warnings
 
 
