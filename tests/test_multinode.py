@@ -38,6 +38,21 @@ def toml(table: dict, prefix: str = "") -> str:
     return "\n".join(scalars) + "".join(tables) + "\n"
 
 
+def actor_nodes(dashboard: str, env: dict) -> list[tuple[str, str]]:
+    """(class name, "head" or "worker") of every actor the cluster has run, from Ray's state API."""
+    script = (
+        "import json, sys, ray\n"
+        "from ray.util.state import list_actors, list_nodes\n"
+        "heads = {n.node_id for n in list_nodes(address=sys.argv[1]) if n.is_head_node}\n"
+        "print(json.dumps([(a.class_name, 'head' if a.node_id in heads else 'worker')\n"
+        "                  for a in list_actors(address=sys.argv[1], detail=True, limit=10000)]))\n"
+    )
+    out = subprocess.run([str(BIN / "python"), "-c", script, dashboard], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(pair) for pair in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_second_machine_gets_the_model_and_the_checkpoints_through_ray_and_s3(
@@ -53,7 +68,7 @@ def test_a_second_machine_gets_the_model_and_the_checkpoints_through_ray_and_s3(
     experiment = driver_only / "small.toml"
     experiment.write_text(toml(raw))
 
-    with started_head(num_cpus=0) as (_, head_env, gcs):
+    with started_head(num_cpus=0) as (dashboard, head_env, gcs):
         node_env = {**head_env, "RAYRL_CACHE_DIR": str(node_cache)}
         with started_worker_node(gcs, node_env, num_cpus=4, hidden=[driver_only]) as (node, log):
             wait_for_nodes(head_env, gcs, 2, node, log)
@@ -75,6 +90,12 @@ def test_a_second_machine_gets_the_model_and_the_checkpoints_through_ray_and_s3(
             assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
             resumed = rayrl("--output-dir", output, "--max_steps", "3", "--ckpt.resume_step", "-1")
             assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
+            placed = actor_nodes(dashboard, head_env)
+
+    # the driver ran on the head; every actor of both runs (replicas, learners, rollout workers, the policy
+    # board) on the other node, the head holding no resources for actors
+    assert {cls for cls, _ in placed} >= {"InferenceActor", "Learner", "RolloutWorker", "PolicyBoard"}, placed
+    assert {node for _, node in placed} == {"worker"}, placed
 
     out = first.stdout + first.stderr + resumed.stdout + resumed.stderr
     assert "Step 2 |" in out and "resuming from s3://" in out and "Step 3 |" in out

@@ -73,6 +73,8 @@ max_steps = 9
     # one bundle for the trial's driver, then one per replica, learner and (CPU-reserving) rollout worker
     cfg.inference.replicas, cfg.learner.workers, cfg.rollout.cpus_per_worker = 2, 2, 0.25
     assert trial_bundles(cfg, 0.5) == [{"CPU": 0.5}] + [{"CPU": 0.5}] * 4 + [{"CPU": 0.25}]
+    cfg.rollout.cpus_per_worker = 0.0
+    assert trial_bundles(cfg, 0.5) == [{"CPU": 0.5}] + [{"CPU": 0.5}] * 4
 
 
 @pytest.mark.parametrize("body, message", [

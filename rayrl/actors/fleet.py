@@ -21,6 +21,84 @@ from rayrl.models.source import ModelSource
 log = logging.getLogger(__name__)
 
 
+# ---- what the run's actors reserve: pure functions of the config, used by start_* below and `rayrl plan` ----
+# On a cluster whose driver node offers no CPUs to actors (a head declared with CPU: 0), every actor reserves at
+# least this many: an actor reserving nothing (the policy board, rollout workers with cpus_per_worker = 0) would
+# otherwise be placed by Ray beside the driver. Elsewhere (a laptop, a head that runs actors) nothing changes,
+# so a run that fits a machine exactly still fits.
+MIN_ACTOR_CPUS = 0.01
+BOARD_CPUS = 0.0  # the PolicyBoard only holds object references
+LEARNER_STRATEGY = "PACK"  # the learners' placement group: as few nodes as possible (NCCL stays on a node)
+
+
+@dataclass(frozen=True)
+class ActorRequest:
+    """``count`` actors of one kind, each reserving ``cpus`` CPUs and ``gpus`` GPUs; with ``bundles``, in one
+    placement group of those bundles (one an actor) placed with ``strategy``."""
+
+    kind: str
+    count: int
+    cpus: float
+    gpus: float
+    bundles: tuple[dict[str, float], ...] = ()
+    strategy: str | None = None
+
+
+def reserved_cpus(cpus: float, off_driver_node: bool) -> float:
+    """The CPUs an actor reserves for a configured ``cpus``: at least :data:`MIN_ACTOR_CPUS` when actors must
+    keep off the driver's node (:func:`keep_off_driver_node`)."""
+    return max(cpus, MIN_ACTOR_CPUS) if off_driver_node else cpus
+
+
+def keep_off_driver_node() -> bool:
+    """Whether this (driver) process's Ray node offers no CPUs to actors: a head declared with ``CPU: 0``."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return any(n["NodeID"] == here and not n["Resources"].get("CPU") for n in ray.nodes() if n.get("Alive"))
+
+
+def board_request(cfg: Config, off_driver_node: bool = False) -> ActorRequest:
+    return ActorRequest("policy board", 1, reserved_cpus(BOARD_CPUS, off_driver_node), 0.0)
+
+
+def replica_request(cfg: Config, off_driver_node: bool = False) -> ActorRequest:
+    ic = cfg.inference
+    cpus = reserved_cpus(ic.cpus_per_replica, off_driver_node)
+    return ActorRequest("inference replica", ic.replicas, cpus, ic.gpus_per_replica)
+
+
+def learner_bundle(cfg: Config, off_driver_node: bool = False) -> dict[str, float]:
+    """One learner's bundle in the learners' placement group (CPU always named, GPU only when reserved)."""
+    lc = cfg.learner
+    cpus = reserved_cpus(lc.cpus_per_worker, off_driver_node)
+    return {"CPU": cpus, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
+
+
+def learner_request(cfg: Config, off_driver_node: bool = False) -> ActorRequest | None:
+    """The learner actors (``LearnerGroup``: one placement group of ``learner.workers`` bundles, PACK), or None
+    with ``learner.workers = 0`` (one learner inside the driver process)."""
+    lc = cfg.learner
+    if lc.workers == 0:
+        return None
+    bundle = learner_bundle(cfg, off_driver_node)
+    return ActorRequest("learner", lc.workers, bundle["CPU"], lc.gpus_per_worker, (bundle,) * lc.workers,
+                        LEARNER_STRATEGY)
+
+
+def rollout_request(cfg: Config, off_driver_node: bool = False) -> ActorRequest:
+    rc = cfg.rollout
+    return ActorRequest("rollout worker", rc.workers, reserved_cpus(rc.cpus_per_worker, off_driver_node), 0.0)
+
+
+def fleet_requests(cfg: Config, off_driver_node: bool = False) -> list[ActorRequest]:
+    """Every actor a training run starts, in the order ``Trainer.start_actors`` starts them."""
+    off = off_driver_node
+    learners = learner_request(cfg, off)
+    return [board_request(cfg, off), replica_request(cfg, off), *([learners] if learners else []),
+            rollout_request(cfg, off)]
+
+
 def engine_spec(cfg: Config) -> EngineSpec:
     """The engine each replica starts (its model folder is filled in on the replica's node)."""
     ic = cfg.inference
@@ -38,7 +116,8 @@ def start_board(namespace: str):
 
     from rayrl.actors.board import BOARD_NAME, PolicyBoard
 
-    return ray.remote(PolicyBoard).options(name=BOARD_NAME, namespace=namespace, num_cpus=0).remote()
+    cpus = reserved_cpus(BOARD_CPUS, keep_off_driver_node())
+    return ray.remote(PolicyBoard).options(name=BOARD_NAME, namespace=namespace, num_cpus=cpus).remote()
 
 
 def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespace: str, board: bool = False) -> list:
@@ -49,14 +128,14 @@ def start_replicas(cfg: Config, model: ModelSource | str, version: int, namespac
 
     from rayrl.actors.inference import InferenceActor
 
-    ic, restarts = cfg.inference, cfg.fault.max_restarts
+    want, restarts = replica_request(cfg, keep_off_driver_node()), cfg.fault.max_restarts
     replica_cls = ray.remote(InferenceActor)
     return [
         replica_cls.options(
-            name=f"replica-{i}", namespace=namespace, num_cpus=ic.cpus_per_replica, num_gpus=ic.gpus_per_replica,
+            name=f"replica-{i}", namespace=namespace, num_cpus=want.cpus, num_gpus=want.gpus,
             max_restarts=restarts, max_task_retries=restarts,
         ).remote(model, engine_spec(cfg), version, namespace if board else None, f"replica-{i}")
-        for i in range(ic.replicas)
+        for i in range(want.count)
     ]
 
 
@@ -68,15 +147,15 @@ def start_rollout_workers(cfg: Config, model: ModelSource | str, replicas: list,
 
     from rayrl.actors.rollout import RolloutWorker
 
-    rc, restarts = cfg.rollout, cfg.fault.max_restarts
+    rc, want, restarts = cfg.rollout, rollout_request(cfg, keep_off_driver_node()), cfg.fault.max_restarts
     worker_cls = ray.remote(RolloutWorker)
     return [
-        worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=rc.cpus_per_worker,
+        worker_cls.options(name=f"rollout-{i}", namespace=namespace, num_cpus=want.cpus,
                            max_restarts=restarts, max_task_retries=restarts).remote(
             cfg.env, model, [f"replica-{r}" for r in range(len(replicas))], i, cfg.seq_len, cfg.fault, namespace,
             board, rc.long_prompts
         )
-        for i in range(rc.workers)
+        for i in range(want.count)
     ]
 
 

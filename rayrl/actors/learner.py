@@ -504,19 +504,22 @@ class LearnerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from rayrl.actors.fleet import LEARNER_STRATEGY, keep_off_driver_node, learner_bundle
+
         lc = cfg.learner
+        bundle = learner_bundle(cfg, keep_off_driver_node())
         self.placement_group = get_current_placement_group()
         self.owns_placement_group = self.placement_group is None
         if self.owns_placement_group:
-            bundle = {"CPU": lc.cpus_per_worker, **({"GPU": lc.gpus_per_worker} if lc.gpus_per_worker else {})}
-            self.placement_group = placement_group([bundle] * lc.workers, strategy="PACK", name=f"{namespace}-learners")
+            self.placement_group = placement_group([bundle] * lc.workers, strategy=LEARNER_STRATEGY,
+                                                   name=f"{namespace}-learners")
             wait_for([self.placement_group.ready()], f"placing the learners ({lc.workers} x {bundle}: does the cluster "
                      "have them free?)", cfg.fault.ready_timeout_s, ["learner placement group"])
         remote_cls = ray.remote(Learner)
         self.actors = [
             remote_cls.options(
                 name=f"learner-{rank}", namespace=namespace,
-                num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
+                num_cpus=bundle["CPU"], num_gpus=lc.gpus_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     # an enclosing group's bundles are laid out by its owner: any bundle that fits (-1)
                     self.placement_group, placement_group_bundle_index=rank if self.owns_placement_group else -1,

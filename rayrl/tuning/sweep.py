@@ -226,23 +226,22 @@ class SweepConfig(Section):
 
 
 def trial_bundles(cfg: Config, trial_cpus: float) -> list[dict[str, float]]:
-    """A trial's placement group: its driver first, then one bundle per replica, learner and rollout worker.
+    """A trial's placement group: its driver first, then one bundle per actor the run starts (the policy board,
+    replicas, learners, rollout workers) that reserves something, each what that actor reserves
+    (``rayrl.actors.fleet.fleet_requests``, the numbers the actors are started with).
 
     Tune reserves them all before the trial starts and schedules the trial's child actors inside the group
     (``placement_group_capture_child_tasks``); the LearnerGroup takes bundles of it instead of its own group.
-    Bundles without resources (rollout workers with ``cpus_per_worker = 0``) are left out: those actors
-    need nothing, and still land in the group.
+    Actors reserving nothing (the board, rollout workers with ``cpus_per_worker = 0``) get no bundle: they
+    still land in the group, on a node of the trial's.
     """
-    ic, lc, rc = cfg.inference, cfg.learner, cfg.rollout
+    from rayrl.actors.fleet import fleet_requests
 
-    def bundle(cpus: float, gpus: float = 0.0) -> dict[str, float]:
-        return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v}
-
-    bundles = [bundle(trial_cpus)]
-    bundles += [bundle(ic.cpus_per_replica, ic.gpus_per_replica)] * ic.replicas
-    bundles += [bundle(lc.cpus_per_worker, lc.gpus_per_worker)] * lc.workers
-    bundles += [bundle(rc.cpus_per_worker)] * rc.workers
-    return [bundles[0]] + [b for b in bundles[1:] if b]
+    bundles = [{"CPU": trial_cpus}]
+    for request in fleet_requests(cfg):
+        bundle = {k: v for k, v in (("CPU", request.cpus), ("GPU", request.gpus)) if v}
+        bundles += [bundle] * request.count if bundle else []
+    return bundles
 
 
 def recipe(cfg: Config | dict) -> dict[str, Any]:
