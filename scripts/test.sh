@@ -7,5 +7,5 @@ bash scripts/setup.sh || exit 1
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 bash scripts/setup_vllm.sh || exit 1
-.venv-vllm/bin/python -m pytest -q tests/test_vllm.py "$@" || status=$?
+.venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_env_verifiers_v1.py "$@" || status=$?
 exit $status

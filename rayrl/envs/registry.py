@@ -3,7 +3,9 @@
 Ids, in the order they are tried:
 - a built-in id: ``arithmetic``, ``sat`` (also ``affine:sat``), ``openspiel``, ``affine:abd``, ``affine:ded``;
 - ``gymnasium:<EnvId>`` (e.g. ``gymnasium:FrozenLake-v1``): a gymnasium environment through the text adapter;
-- ``verifiers:<id>`` or any other id: a verifiers environment, ``verifiers.load_environment(id, **args)``.
+- ``verifiers:<id>`` or any other id: a verifiers environment, ``verifiers.load_environment(id, **args)``
+  (verifiers 0.3, ``rayrl.envs.verifiers_env``), or with verifiers >= 0.4 the ``verifiers.v1`` environment of
+  the taskset ``id`` (``rayrl.envs.verifiers_v1``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
             raise EnvError(_missing(env_id, e.name, "gymnasium")) from e
         return construct(env_id, GymnasiumEnv, args, env_id[len(GYMNASIUM_PREFIX):])
     name = env_id.removeprefix(VERIFIERS_PREFIX)
+    if verifiers_version() >= (0, 4):  # the verifiers.v1 API, over rayrl's HTTP endpoint
+        from rayrl.envs.verifiers_v1 import load_verifiers_v1_env
+
+        return load_verifiers_v1_env(name, args, explicit=env_id.startswith(VERIFIERS_PREFIX))
     try:
         from rayrl.envs.verifiers_env import load_verifiers_env
     except ModuleNotFoundError as e:
@@ -128,6 +134,17 @@ def make_env(env_id: str, args: dict[str, Any] | None = None) -> Environment:
             raise EnvError(_missing(env_id, e.name, "verifiers")) from e
         raise EnvError(unknown_id_message(env_id, verifiers_installed=False)) from e
     return load_verifiers_env(name, args, explicit=env_id.startswith(VERIFIERS_PREFIX))
+
+
+def verifiers_version() -> tuple[int, ...]:
+    """The installed verifiers' (major, minor), (0, 0) when it is not installed (read without importing it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = version("verifiers").split(".")[:2]
+    except PackageNotFoundError:
+        return (0, 0)
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
 
 
 def construct(env_id: str, cls: type[Environment], args: dict[str, Any], *positional: Any) -> Environment:

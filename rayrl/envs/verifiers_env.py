@@ -38,6 +38,12 @@ from typing import Any, Callable, Coroutine, Iterator, TypeVar
 import numpy as np
 import verifiers as vf
 
+if not hasattr(vf, "SingleTurnEnv"):  # verifiers >= 0.4 dropped the classic API (rayrl.envs.registry routes it)
+    raise ImportError(
+        f"rayrl.envs.verifiers_env plays verifiers 0.3 (the classic API); verifiers {vf.__version__} is installed, "
+        "whose verifiers.v1 environments rayrl plays with rayrl.envs.verifiers_v1"
+    )
+
 from rayrl.envs.base import Environment, EpisodeRequest, EpisodeResult, Example, Generator, Split
 from rayrl.envs.ids import VERIFIERS_PREFIX, unknown_id_message
 from rayrl.envs.verifiers_client import MODEL_NAME, RayrlClient, Renderer, Transcript, TurnBatcher, plain_chat
