@@ -44,7 +44,7 @@ from rayrl.storage.checkpoints import CheckpointStore
 from rayrl.stopping import StopSignals
 from rayrl.storage.disk import best_effort
 from rayrl.storage.run_folder import RunFolder
-from rayrl.tracking import MetricsWriter, format_step_line, read_metrics
+from rayrl.tracking import MetricsWriter, check_tracking_installed, format_step_line, read_metrics
 
 log = logging.getLogger("rayrl")
 
@@ -89,6 +89,7 @@ class Trainer:
         self.cfg = cfg
         self.envs = build_envs(cfg)  # before anything is written: a bad [[env]] leaves no run folder
         check_engine_installed(cfg.inference.engine)
+        check_tracking_installed(cfg)
         if cfg.warmstart.enabled:
             check_warm_start(self.envs[0], cfg.env[0].id)
         self.run_folder = RunFolder(resolve_output_dir(cfg), cfg.ckpt.dir)
@@ -455,7 +456,7 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        writer = MetricsWriter(cfg, self.output_dir, self.step if self.resume_uri else None)
+        writer = MetricsWriter(cfg, self.output_dir, self.step if self.resume_uri else None, run_name=self.namespace)
         history: list[dict[str, Any]] = []
         if self.resume_uri is None and cfg.eval.interval and cfg.eval.at_start:
             t0 = time.perf_counter()
@@ -490,7 +491,7 @@ class Trainer:
                 if (cfg.ckpt.interval and self.step % cfg.ckpt.interval == 0) or (last and cfg.ckpt.at_end):
                     saved = saved_uri = self.save_checkpoint()
                     last_saved = self.step
-                writer.write(metrics)
+                writer.write(metrics, weight_loads=self.weight_loads)
                 history.append(metrics)
                 if on_eval is not None and "eval_reward_mean" in metrics:
                     on_eval(self.step, metrics, saved)

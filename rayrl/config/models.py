@@ -434,6 +434,14 @@ class FaultConfig(Section):
 class LogConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Driver log level.")
     progress: bool = Field(True, description="Show a progress bar over max_steps.")
+    tensorboard: bool = Field(
+        True, description="Write every step's numeric metrics as TensorBoard scalars to <output_dir>/tensorboard "
+        "(tensorboardX, which ray[tune] brings): tensorboard --logdir <output_dir>/tensorboard.",
+    )
+    ray_metrics: bool = Field(
+        True, description="Export the main step metrics as Ray metrics (rayrl_*, tagged with the run name): the Ray "
+        "dashboard's metrics view and every node's Prometheus endpoint.",
+    )
 
 
 class RayConfig(Section):
