@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("verifiers")
 
-from rayrl.engines.base import Completion  # noqa: E402
 from rayrl.envs import make_env  # noqa: E402
-from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator, Sampled  # noqa: E402
+from rayrl.envs.base import EpisodeRequest, EpisodeResult  # noqa: E402
 from rayrl.envs.episodes import EngineGenerator  # noqa: E402
 from rayrl.errors import EnvError  # noqa: E402
+from generators import Recording, Scripted  # noqa: E402
 
 VF_ENVS = Path(__file__).parent / "vf_envs"
 CHATML = (
@@ -30,37 +30,6 @@ CHATML = (
 @pytest.fixture(autouse=True)
 def vf_env_modules(monkeypatch):
     monkeypatch.syspath_prepend(str(VF_ENVS))
-
-
-class Recording(Generator):
-    """A real generator that remembers what it was asked and what the engine sampled."""
-
-    def __init__(self, inner: EngineGenerator):
-        self.inner, self.tokenizer = inner, inner.tokenizer
-        self.seq_len, self.max_tokens = inner.seq_len, inner.max_tokens
-        self.sampled: dict[tuple[int, ...], list[Completion]] = {}
-        self.calls = 0
-
-    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        self.calls += 1
-        out = self.inner.generate(prompts, max_tokens)
-        for prompt, s in zip(prompts, out):
-            self.sampled.setdefault(tuple(prompt), []).append(s.completion)
-        return out
-
-
-class Scripted(Generator):
-    """A stand-in for a capable model: ``reply(prompt text) -> text``, then end-of-sequence."""
-
-    def __init__(self, tokenizer, reply, seq_len: int = 1024, max_tokens: int = 128):
-        self.tokenizer, self.reply, self.seq_len, self.max_tokens = tokenizer, reply, seq_len, max_tokens
-
-    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        out = []
-        for prompt in prompts:
-            ids = self.encode(self.reply(self.decode(prompt)))[: max_tokens - 1] + [self.tokenizer.eos_token_id]
-            out.append(Sampled(Completion(ids, [-0.5] * len(ids), "stop"), version=3))
-        return out
 
 
 def requests(env, tokenizer, examples: int = 4, samples: int = 4, split: str = "train") -> list[EpisodeRequest]:

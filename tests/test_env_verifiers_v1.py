@@ -24,11 +24,11 @@ if verifiers_version() < (0, 4):
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from rayrl.engines.base import Completion  # noqa: E402
 from rayrl.envs import make_env  # noqa: E402
-from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator, Sampled  # noqa: E402
+from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator  # noqa: E402
 from rayrl.envs.endpoint import ModelEndpoint  # noqa: E402
 from rayrl.errors import EnvError  # noqa: E402
+from generators import Recording, Scripted  # noqa: E402
 
 VF_ENVS_V1 = Path(__file__).parent / "vf_envs_v1"
 ENV_ID = "vf-v1-addition"
@@ -51,37 +51,6 @@ def envs():
     yield make
     for env in made:
         env.close()
-
-
-class Recording(Generator):
-    """A real generator that remembers what it was asked and what the engine sampled."""
-
-    def __init__(self, inner: Generator):
-        self.inner, self.tokenizer = inner, inner.tokenizer
-        self.seq_len, self.max_tokens = inner.seq_len, inner.max_tokens
-        self.sampled: dict[tuple[int, ...], list[Completion]] = {}
-        self.calls = 0
-
-    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        self.calls += 1
-        out = self.inner.generate(prompts, max_tokens)
-        for prompt, s in zip(prompts, out):
-            self.sampled.setdefault(tuple(prompt), []).append(s.completion)
-        return out
-
-
-class Scripted(Generator):
-    """A stand-in for a capable model: ``reply(prompt text) -> text``, then end-of-sequence."""
-
-    def __init__(self, tokenizer, reply, seq_len: int = 128, max_tokens: int = 8):
-        self.tokenizer, self.reply, self.seq_len, self.max_tokens = tokenizer, reply, seq_len, max_tokens
-
-    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[Sampled]:
-        out = []
-        for prompt in prompts:
-            ids = self.encode(self.reply(self.decode(prompt)))[: max_tokens - 1] + [self.tokenizer.eos_token_id]
-            out.append(Sampled(Completion(ids, [-0.5] * len(ids), "stop"), version=3))
-        return out
 
 
 class Failing(Generator):
