@@ -285,19 +285,25 @@ class RayMetricsSink:
 
     def __init__(self, run_name: str):
         self.tags = {"run": run_name}
+        # every gauge's newest value, set again at each step: Ray drops a gauge from its export a few intervals
+        # after its last set, so one set only at evaluations (eval reward) would show as short segments
+        self.values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float | int] = {}
 
     def write(self, step: int, scalars: dict[str, float | int]) -> None:
-        ray_metric("Gauge", "rayrl_step", "The last step written", ("run",)).set(step, tags=self.tags)
         if "time/step_s" in scalars:  # a trained step (step 0 is the evaluation before any update)
             ray_metric("Counter", "rayrl_steps", "Steps trained by this driver", ("run",)).inc(1, tags=self.tags)
+        self.values[("rayrl_step", "The last step written", ())] = step
         for name, value in scalars.items():
             if name in RAY_GAUGES:
-                ray_metric("Gauge", ray_metric_name(name), RAY_GAUGES[name], ("run",)).set(value, tags=self.tags)
+                self.values[(ray_metric_name(name), RAY_GAUGES[name], ())] = value
             elif (per_env := env_reward(name)) is not None:
                 kind, env = per_env
                 metric = "rayrl_env_reward_mean" if kind == "reward" else "rayrl_env_eval_reward_mean"
                 what = "Mean reward per environment" if kind == "reward" else "Held-out reward per environment"
-                ray_metric("Gauge", metric, what, ("run", "env")).set(value, tags={**self.tags, "env": env})
+                self.values[(metric, what, (("env", env),))] = value
+        for (metric, what, extra), value in self.values.items():
+            keys = ("run", *(k for k, _ in extra))
+            ray_metric("Gauge", metric, what, keys).set(value, tags={**self.tags, **dict(extra)})
 
     def replica_versions(self, weight_loads: list) -> None:
         """rayrl_weights_version{replica=i}: the version replica i returned from its newest load (a load still
