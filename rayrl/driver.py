@@ -5,6 +5,7 @@ publishes weights to the replicas, evaluates, checkpoints and logs. It holds no 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from rayrl.data import ExampleSampler, allocate
 from rayrl.engines import check_engine_installed
 from rayrl.engines.base import SamplingParams
 from rayrl.envs.registry import build_envs
-from rayrl.errors import ActorError, CheckpointError, NumericsError
+from rayrl.errors import ActorError, CheckpointError, ConfigError, NumericsError
 from rayrl.models.loading import resolve_base_model
 from rayrl.models.source import cluster_nodes, model_source
 from rayrl.models.warmstart import check_warm_start
@@ -608,6 +609,26 @@ def restore_rng(rng: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", np.array(rng["numpy"]["key"], dtype=np.uint32), rng["numpy"]["pos"], 0, 0.0))
 
 
+def check_capacity(cfg: Config, local: bool) -> None:
+    """Stop before anything starts when the cluster's totals cannot hold the run's actors (a GPU run on a
+    machine without GPUs would otherwise wait fault.ready_timeout_s for a placement that never comes). A cluster
+    joined by address may grow (an autoscaler): there it is a warning, and the run waits."""
+    import ray
+
+    from rayrl.actors.fleet import capacity_shortfall, fleet_requests, keep_off_driver_node
+
+    problem = capacity_shortfall(fleet_requests(cfg, keep_off_driver_node()), ray.cluster_resources())
+    if problem is None:
+        return
+    settings = ("inference.replicas, inference.gpus_per_replica, inference.cpus_per_replica, learner.workers, "
+                "learner.gpus_per_worker, learner.cpus_per_worker, rollout.cpus_per_worker")
+    if local:
+        raise ConfigError(f"{problem}: a local Ray cannot grow. Lower {settings}, or join a cluster that has "
+                          "them (ray.address or RAY_ADDRESS; rayrl plan EXPERIMENT --cluster cluster.yaml checks one)")
+    log.warning("%s: the run waits (up to fault.ready_timeout_s = %g s) until the cluster has them, e.g. from "
+                "its autoscaler", problem, cfg.fault.ready_timeout_s)
+
+
 def train(cfg: Config, on_eval: EvalCallback | None = None) -> RunResult:
     """Run ``cfg`` end to end on the connected (or a new local) Ray cluster (``on_eval``: see ``Trainer.run``):
     the ``[sft]`` stage first when ``sft.enabled``, RL, and the export when ``export.at_end``."""
@@ -622,6 +643,7 @@ def train(cfg: Config, on_eval: EvalCallback | None = None) -> RunResult:
     try:
         if sft_cfg is not None:
             run_sft_stage(sft_cfg)
+        check_capacity(cfg, local=owns_ray and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
         trainer.start_actors()
         result = trainer.run(on_eval)
     finally:

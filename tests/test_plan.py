@@ -125,3 +125,15 @@ def test_plan_starts_no_ray():
             "assert rc == 0 and 'ray' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_capacity_shortfall_names_who_reserves_what():
+    from rayrl.actors.fleet import capacity_shortfall
+
+    requests = fleet_requests(load_config(QWEN))
+    assert capacity_shortfall(requests, {"CPU": 96.0, "GPU": 8.0}) is None
+    assert capacity_shortfall(requests, {"CPU": 96.0, "GPU": 4.0}) == (
+        "the run reserves 8 GPUs (6 inference replicas x 1 + 2 learners x 1) but the cluster has 4")
+    assert capacity_shortfall(requests, {"CPU": 16.0, "GPU": 8.0}) == (
+        "the run reserves 66 CPUs (6 inference replicas x 8 + 2 learners x 8 + 2 rollout workers x 1) but the "
+        "cluster has 16")

@@ -234,3 +234,20 @@ def test_one_combined_file_as_prime_rl_rl_toml(tmp_path):
     assert cfg.inference.replicas == 2
     assert warnings == ["rl.toml line 25 (inference.server.port): prime-rl's inference key 'server.port' has no "
                         "rayrl meaning; ignored"], warnings  # tp = 1 is what rayrl does: no warning
+
+
+def test_the_seed_gpu_layout_on_a_machine_without_gpus_stops_at_once(tmp_path, ray_cluster, caplog):
+    """--inference-gpu-ids 0 --trainer-gpu-ids 1 on a CPU-only local Ray: one error naming the reservation,
+    not a half-hour wait for a placement that never comes; on a cluster joined by address, a warning."""
+    from rayrl.driver import check_capacity
+
+    tokens = write_trio(tmp_path, SEED_TRAIN, SEED_ORCH) + ["--inference-gpu-ids", "0", "--trainer-gpu-ids", "1"]
+    cfg, _ = load_trio(tokens)
+    with pytest.raises(ConfigError) as err:
+        check_capacity(cfg, local=True)
+    assert str(err.value).startswith("the run reserves 2 GPUs (1 inference replica x 1 + 1 learner x 1) but the "
+                                     "cluster has 0: a local Ray cannot grow. Lower inference.replicas"), err.value
+    with caplog.at_level("WARNING", logger="rayrl"):
+        check_capacity(cfg, local=False)
+    assert "the run waits (up to fault.ready_timeout_s = 1800 s)" in caplog.text
+    check_capacity(load_trio(write_trio(tmp_path / "cpu", SEED_TRAIN, SEED_ORCH))[0], local=True)  # fits: silent

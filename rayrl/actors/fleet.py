@@ -99,6 +99,23 @@ def fleet_requests(cfg: Config, off_driver_node: bool = False) -> list[ActorRequ
             rollout_request(cfg, off)]
 
 
+def capacity_shortfall(requests: list[ActorRequest], resources: dict[str, float]) -> str | None:
+    """What a cluster of ``resources`` (``ray.cluster_resources()``: every node's total) lacks to hold every
+    actor of ``requests`` at once, naming who reserves what; None when it has enough in total (whether
+    each actor finds a node is Ray's placement: ``rayrl plan`` tells it for a cluster file)."""
+    problems = []
+    for unit, of in (("GPU", lambda r: r.gpus), ("CPU", lambda r: r.cpus)):
+        need = sum(of(r) * r.count for r in requests)
+        have = resources.get(unit, 0.0)
+        if need > have + 1e-9:
+            who = " + ".join(f"{r.count} {r.kind}{'s' if r.count > 1 else ''} x {of(r):g}"
+                             for r in requests if of(r))  # fmt: skip
+            problems.append(f"{need:g} {unit}s ({who}) but the cluster has {have:g}")
+        if unit == "GPU" and problems:
+            break  # GPUs are the point; the CPU count follows from the same settings
+    return "; ".join(f"the run reserves {p}" for p in problems) or None
+
+
 def engine_spec(cfg: Config) -> EngineSpec:
     """The engine each replica starts (its model folder is filled in on the replica's node)."""
     ic = cfg.inference
