@@ -13,7 +13,7 @@ if [ ! -f .cache/torch_extensions/deepspeed_shm_comm/deepspeed_shm_comm.so ]; th
     >/dev/null 2>&1 || echo "note: DeepSpeed's CPU op did not build now; the first DeepSpeed run builds it"
 fi
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
+.venv/bin/python -m pytest -q --durations=25 "$@" || status=$?  # the slowest 25: where the suite's time goes
 bash scripts/setup_vllm.sh || exit 1
 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_env_verifiers_v1.py "$@" || status=$?
 exit $status
