@@ -1,10 +1,11 @@
 """Generators the environment tests play through: a real engine that records what it sampled, and a scripted
-stand-in for a capable model (shared by the verifiers 0.3 and 0.4 tests)."""
+stand-in for a capable model; and the check that an episode's tokens are that engine's (shared by the
+verifiers 0.3 and 0.4 tests)."""
 
 from __future__ import annotations
 
 from rayrl.engines.base import Completion
-from rayrl.envs.base import Generator, Sampled
+from rayrl.envs.base import EpisodeResult, Generator, Sampled
 
 
 class Recording(Generator):
@@ -36,3 +37,27 @@ class Scripted(Generator):
             ids = self.encode(self.reply(self.decode(prompt)))[: max_tokens - 1] + [self.tokenizer.eos_token_id]
             out.append(Sampled(Completion(ids, [-0.5] * len(ids), "stop"), version=3))
         return out
+
+
+def segments(result: EpisodeResult) -> list[tuple[int, int, int]]:
+    """(mask, start, end) runs of equal loss mask over the completion."""
+    runs, start, mask = [], 0, result.completion_mask
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            runs.append((mask[start], start, i))
+            start = i
+    return runs
+
+
+def check_engine_tokens(result: EpisodeResult, gen: Recording) -> None:
+    """Model tokens are the engine's sampled ids and log-probs (for exactly the prompt it was given);
+    environment tokens are masked with log-prob 0."""
+    assert len(result.completion_mask) == len(result.logprobs) == len(result.completion_ids)
+    assert result.length <= gen.seq_len
+    for mask, start, end in segments(result):
+        if mask == 0:
+            assert result.logprobs[start:end] == [0.0] * (end - start)
+            continue
+        candidates = gen.sampled[tuple(result.prompt_ids + result.completion_ids[:start])]
+        assert any(c.token_ids[: end - start] == result.completion_ids[start:end]
+                   and c.logprobs[: end - start] == result.logprobs[start:end] for c in candidates)  # fmt: skip

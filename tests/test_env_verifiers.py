@@ -18,7 +18,7 @@ from rayrl.envs import make_env  # noqa: E402
 from rayrl.envs.base import EpisodeRequest, EpisodeResult  # noqa: E402
 from rayrl.envs.episodes import EngineGenerator  # noqa: E402
 from rayrl.errors import EnvError  # noqa: E402
-from generators import Recording, Scripted  # noqa: E402
+from generators import Recording, Scripted, check_engine_tokens, segments  # noqa: E402
 
 VF_ENVS = Path(__file__).parent / "vf_envs"
 CHATML = (
@@ -40,33 +40,9 @@ def requests(env, tokenizer, examples: int = 4, samples: int = 4, split: str = "
     ]
 
 
-def segments(result: EpisodeResult) -> list[tuple[int, int, int]]:
-    """(mask, start, end) runs of equal loss mask over the completion."""
-    runs, start = [], 0
-    mask = result.completion_mask
-    for i in range(1, len(mask) + 1):
-        if i == len(mask) or mask[i] != mask[start]:
-            runs.append((mask[start], start, i))
-            start = i
-    return runs
-
-
 def check_tokens(result: EpisodeResult, gen: Recording) -> None:
-    """Model tokens are the engine's sampled ids and log-probs; environment tokens are masked with log-prob 0."""
-    n = len(result.completion_ids)
-    assert len(result.completion_mask) == len(result.logprobs) == n
-    assert result.length <= gen.seq_len
-    for mask, start, end in segments(result):
-        if mask == 0:
-            assert result.logprobs[start:end] == [0.0] * (end - start)
-            continue
-        prompt = tuple(result.prompt_ids + result.completion_ids[:start])
-        candidates = gen.sampled[prompt]  # the engine was asked exactly this prompt
-        assert any(
-            c.token_ids[: end - start] == result.completion_ids[start:end]
-            and c.logprobs[: end - start] == result.logprobs[start:end]
-            for c in candidates
-        )
+    """The engine's tokens (check_engine_tokens), and the text they decode to is the prompt's plus the completion."""
+    check_engine_tokens(result, gen)
     tok = gen.tokenizer
     assert tok.decode(result.prompt_ids + result.completion_ids, skip_special_tokens=True) == (
         tok.decode(result.prompt_ids, skip_special_tokens=True) + result.completion

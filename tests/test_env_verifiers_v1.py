@@ -28,7 +28,7 @@ from rayrl.envs import make_env  # noqa: E402
 from rayrl.envs.base import EpisodeRequest, EpisodeResult, Generator  # noqa: E402
 from rayrl.envs.endpoint import ModelEndpoint  # noqa: E402
 from rayrl.errors import EnvError  # noqa: E402
-from generators import Recording, Scripted  # noqa: E402
+from generators import Recording, Scripted, check_engine_tokens, segments  # noqa: E402
 
 VF_ENVS_V1 = Path(__file__).parent / "vf_envs_v1"
 ENV_ID = "vf-v1-addition"
@@ -67,28 +67,10 @@ def requests(env, tokenizer, examples: int = 4, samples: int = 4) -> list[Episod
             for ex in env.examples("train")[:examples] for _ in range(samples)]  # fmt: skip
 
 
-def segments(result: EpisodeResult) -> list[tuple[int, int, int]]:
-    """(mask, start, end) runs of equal loss mask over the completion."""
-    runs, start, mask = [], 0, result.completion_mask
-    for i in range(1, len(mask) + 1):
-        if i == len(mask) or mask[i] != mask[start]:
-            runs.append((mask[start], start, i))
-            start = i
-    return runs
-
-
 def check_tokens(result: EpisodeResult, gen: Recording) -> None:
-    """Model tokens are the engine's sampled ids and log-probs (for exactly the prompt it was given);
-    environment tokens are masked with log-prob 0."""
-    assert len(result.completion_mask) == len(result.logprobs) == len(result.completion_ids) > 0
-    assert result.length <= gen.seq_len
-    for mask, start, end in segments(result):
-        if mask == 0:
-            assert result.logprobs[start:end] == [0.0] * (end - start)
-            continue
-        candidates = gen.sampled[tuple(result.prompt_ids + result.completion_ids[:start])]
-        assert any(c.token_ids[: end - start] == result.completion_ids[start:end]
-                   and c.logprobs[: end - start] == result.logprobs[start:end] for c in candidates)  # fmt: skip
+    """A completion at all, and its tokens the engine's (check_engine_tokens)."""
+    assert len(result.completion_ids) > 0
+    check_engine_tokens(result, gen)
 
 
 # ---- the endpoint ---------------------------------------------------------------------------------

@@ -145,9 +145,10 @@ def test_prime_rl_command_line_overrides(tmp_path):
     tokens = write_trio(tmp_path, SEED_TRAIN, SEED_ORCH.replace("2048\n\n[[env]]", "1024\n\n[[env]]")) + [
         "--trainer.ckpt.resume-step", "-1", "--orchestrator.ckpt.resume-step", "-1",
         "--orchestrator.mask-truncated-completions", "--trainer.optim.lr", "1e-5", "--max_steps", "7",
-        "--inference.threads", "3",
+        "--inference.threads", "3", "--orchestrator.env.0.args.difficulty", "3", "--trainer.wandb.name", "2024",
     ]
     cfg, _ = load_trio(tokens)
+    assert cfg.env[0].args == {"difficulty": 3} and cfg.wandb.name == "2024"  # into [[env]]; a string stays one
     assert cfg.ckpt.resume_step == -1 and cfg.algorithm.mask_truncated_completions is True
     assert cfg.optim.lr == 1e-5 and cfg.max_steps == 7 and cfg.inference.threads == 3
     assert cfg.sampling.max_tokens == 1024

@@ -90,6 +90,14 @@ def apply_overrides(raw: dict, overrides: Mapping[str, Any], origins: Mapping[st
     return set_paths
 
 
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+    """``base`` with ``overlay`` merged in: tables merged key by key, anything else replaced (neither changed)."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def _set_path(raw: dict, parts: KeyPath, value: Any, where: str) -> None:
     """``raw[a][b]... = value``, creating missing tables and indexing (never growing) lists."""
     node: Any = raw

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayrl.config.located import INVALID, KeyPath, TomlFile, annotation_at, join, parse_value, read_toml, validate
+from rayrl.config.loading import _override_value, _set_path, anchor_paths, apply_overrides, deep_merge
+from rayrl.config.located import KeyPath, TomlFile, annotation_at, join, read_toml, validate
 from rayrl.config.models import Config
 from rayrl.errors import ConfigError
 
@@ -85,7 +86,6 @@ VALUE_FIXES = {"log.level": lambda v: v.upper() if isinstance(v, str) else v}
 class Setting:
     value: Any
     origin: str  # "orch.toml line 3 (batch_size)" or "command line (--trainer.optim.lr)"
-    role: str
 
 
 @dataclass
@@ -194,26 +194,19 @@ def flatten(data: Mapping[str, Any], prefix: KeyPath = ()) -> list[tuple[KeyPath
     return out
 
 
-def deep_merge(base: dict, overlay: Mapping[str, Any]) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def rayrl_key(role: str, path: KeyPath) -> tuple[str | None, bool]:
-    """The rayrl key a prime-rl key of ``role`` sets (None: no rayrl meaning) and whether it is prime-rl's own."""
+def rayrl_key(role: str, path: KeyPath) -> str | None:
+    """The rayrl key a prime-rl key of ``role`` sets (None: no rayrl meaning)."""
     dotted = ".".join(path)
     mapped = KEY_MAP[role].get(dotted)
     if mapped is not None:
-        return mapped, True
+        return mapped
     if path and path[0] == "env":
-        return "env", True
+        return "env"
     if annotation_at(Config, path) is not None:
-        return dotted, False
+        return dotted
     if role == "inference" and annotation_at(Config, ("inference", *path)) is not None:
-        return f"inference.{dotted}", False  # rayrl's [inference] keys, e.g. --inference.threads 2
-    return None, False
+        return f"inference.{dotted}"  # rayrl's [inference] keys, e.g. --inference.threads 2
+    return None
 
 
 def read_role_files(entries: list[tuple[str, KeyPath]]) -> tuple[dict, dict[KeyPath, str]]:
@@ -244,14 +237,17 @@ def collect(args: TrioArgs) -> tuple[dict[str, list[Setting]], list[str]]:
     for role in (SHARED, *ROLES):
         data, where = read_role_files(args.files.get(role, []))
         cli_where: dict[KeyPath, str] = {}
-        for dotted, value in args.role_overrides.get(role, []):
+        for dotted, text in args.role_overrides.get(role, []):
+            # set in the role's table as rayrl's own overrides are (into [[env]] entries too: env.0.args.x),
+            # the text read as the rayrl key it sets expects (a string key keeps it: --trainer.wandb.name 2024)
             path = tuple(dotted.split("."))
-            data = deep_merge(data, _nested(path, value))
-            cli_where[path] = f"command line (--{role}.{dotted.replace('_', '-')})"
-        leaves = flatten(data)
-        for path, value in leaves:
+            target = rayrl_key(role, path)
+            typed_as = path if target is None or target == "env" else tuple(target.split("."))
+            where_set = cli_where[path] = f"command line (--{role}.{dotted.replace('_', '-')})"
+            _set_path(data, path, _override_value(typed_as, text), where_set)
+        for path, value in flatten(data):
             origin = cli_where.get(path) or where.get(path) or f"--{role} ({'.'.join(path)})"
-            target, _ = rayrl_key(role, path)
+            target = rayrl_key(role, path)
             if target is None and SAME_AS_RAYRL.get(path, object()) == value:
                 continue
             if target is None:
@@ -261,25 +257,10 @@ def collect(args: TrioArgs) -> tuple[dict[str, list[Setting]], list[str]]:
             if isinstance(value, str) and value in DEFAULT_WORDS.get(target, ()):
                 continue
             if role in ("trainer", SHARED) and target.startswith("lora."):
-                settings.setdefault("lora.enabled", []).append(Setting(True, origin, role))
-            value = VALUE_FIXES.get(target, lambda v: v)(_typed(path, value, origin))
-            settings.setdefault(target, []).append(Setting(value, origin, role))
+                settings.setdefault("lora.enabled", []).append(Setting(True, origin))
+            value = VALUE_FIXES.get(target, lambda v: v)(value)
+            settings.setdefault(target, []).append(Setting(value, origin))
     return settings, warnings
-
-
-def _nested(path: KeyPath, value: Any) -> dict:
-    out: Any = value
-    for key in reversed(path):
-        out = {key: out}
-    return out
-
-
-def _typed(path: KeyPath, value: Any, origin: str) -> Any:
-    """A command-line string as a TOML value (``5``, ``1e-5``, ``true``); file values are already typed."""
-    if not isinstance(value, str) or not origin.startswith("command line"):
-        return value
-    parsed = parse_value(value)
-    return value if parsed is INVALID else parsed
 
 
 def resolve(settings: dict[str, list[Setting]]) -> tuple[dict[str, Setting], list[str]]:
@@ -334,8 +315,6 @@ def apply_gpus(args: TrioArgs, chosen: dict[str, Setting], raw: dict) -> list[st
 def load_trio(tokens: list[str]) -> tuple[Config, list[str]]:
     """The rayrl config a prime-rl command line (``tokens`` after ``rayrl train``) describes, and the
     warnings to show (ignored keys, values kept from one file of several)."""
-    from rayrl.config.loading import anchor_paths, apply_overrides
-
     args = parse_trio_args(tokens)
     settings, warnings = collect(args)
     chosen, more = resolve(settings)
@@ -344,7 +323,7 @@ def load_trio(tokens: list[str]) -> tuple[Config, list[str]]:
     origins: dict[KeyPath, str] = {}
     for key, setting in chosen.items():
         path = tuple(key.split("."))
-        raw = deep_merge(raw, _nested(path, setting.value))
+        _set_path(raw, path, setting.value, setting.origin)
         origins[path] = setting.origin
     warnings += apply_gpus(args, chosen, raw)
     if args.output_dir is not None:
@@ -365,7 +344,7 @@ def check_room(chosen: dict[str, Setting]) -> list[str]:
         return []
     if max_tokens.value < seq_len.value:
         return []
-    chosen["sampling.max_tokens"] = Setting(seq_len.value - 1, max_tokens.origin, max_tokens.role)
+    chosen["sampling.max_tokens"] = Setting(seq_len.value - 1, max_tokens.origin)
     return [f"{max_tokens.origin}: max_tokens {max_tokens.value} is not below seq_len {seq_len.value} "
             f"({seq_len.origin}); rayrl cuts every completion at seq_len minus its prompt, so it samples as "
             f"max_tokens {seq_len.value - 1} (used)"]

@@ -44,6 +44,7 @@ from typing import Any, Coroutine, TypeVar
 import numpy as np
 import verifiers.v1 as vf
 
+from rayrl.config.loading import deep_merge
 from rayrl.envs.base import Environment, EpisodeRequest, EpisodeResult, Example, Generator, Sampled, Split
 from rayrl.envs.endpoint import PLAIN_CHAT_TEMPLATE, ModelEndpoint
 from rayrl.envs.ids import VERIFIERS_PREFIX, unknown_id_message
@@ -65,13 +66,14 @@ def load_verifiers_v1_env(name: str, args: dict[str, Any], explicit: bool = Fals
     extra = args.pop("env", None) or {}
     if not isinstance(extra, dict):
         raise EnvError(f"verifiers environment '{env_id}': args.env must be a table of EnvConfig fields")
-    data = merge({"taskset": {"id": name, **args}}, extra)
+    data = deep_merge(copy.deepcopy({"taskset": {"id": name, **args}}), extra)
     config = resolve_config(env_id, name, data)
     from verifiers.v1.configs.agent import agent_config_fields
 
     roles = [r for r in agent_config_fields(config) if "runtime" not in (extra.get(r) or {})]
     if roles:  # verifiers' default runtime is Prime's hosted sandbox; rayrl's workers run agents locally
-        config = resolve_config(env_id, name, merge(data, {r: {"runtime": {"type": "subprocess"}} for r in roles}))
+        local = {r: {"runtime": {"type": "subprocess"}} for r in roles}
+        config = resolve_config(env_id, name, deep_merge(copy.deepcopy(data), local))
     try:
         env = vf.load_environment(config)
     except Exception as e:
@@ -105,13 +107,6 @@ def accepted_fields(name: str) -> str:
     except Exception:  # noqa: BLE001 - only for the error message
         return "(unknown)"
     return ", ".join(f for f in cls.model_fields if f != "id") + " (and env = {...} for EnvConfig fields)"
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ---- the environment ---------------------------------------------------------------------------
