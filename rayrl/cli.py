@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("rayrl.commands.export", "write a checkpoint as a Hugging Face model folder (adapter merged)"),
     "du": ("rayrl.commands.du", "show what a run folder holds on disk: checkpoints, leftovers, logs, free space"),
     "plan": ("rayrl.commands.plan", "print the CPUs, GPUs and placement a run reserves, and where it fits on a cluster"),
+    "gate": ("rayrl.commands.gate", "the promotion gate's tools: `rayrl gate plan SWEEP.toml` (its power and cost)"),
 }
 
 

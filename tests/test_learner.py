@@ -137,3 +137,17 @@ def test_a_whole_grpo_step_in_process_is_on_policy_with_top_p(small_config, tiny
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
     moved = [k for k in before if not torch.equal(before[k], after[k])]
     assert "model.embed_tokens.weight" in moved and len(moved) >= len(before) // 2
+
+
+def test_each_batch_samples_from_its_own_seed(model_and_tokenizer):
+    """Common random numbers for the promotion gate: how long one batch ran never shifts the next batch's noise,
+    so the second batch samples exactly what it samples alone with its own seed."""
+    model, tok = model_and_tokenizer
+    engine = TransformersEngine(model, tok.eos_token_id, tok.pad_token_id, max_batch_size=4)
+    prompts = [tok.encode(f"{a}+{b}=") for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1), (2, 3), (4, 5)]]
+    params = SamplingParams(5, 1.0, 1.0, 123)
+    together = engine.generate(prompts, params)
+    alone = engine.generate(prompts[4:], SamplingParams(5, 1.0, 1.0, 123 + 4))
+    assert [c.token_ids for c in together[4:]] == [c.token_ids for c in alone]
+    first = engine.generate(prompts[:4], params)
+    assert [c.token_ids for c in together[:4]] == [c.token_ids for c in first]

@@ -133,9 +133,13 @@ def test_rayrl_lineage_prints_the_history_table(tmp_path, capsys):
     lineage.record(_iteration(lineage, 0.25), 1, {"t1": "ckpt/t1", "t2": "ckpt/t2"}, configs)
     assert main(["lineage", str(tmp_path), "--diff"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["iter", "candidate", "decision", "mean", "gain", "p-value", "alpha", "reason"]
+    assert out[0].split() == ["iter", "candidate", "decision", "gain", "CI", "p-value", "alpha", "look", "samples",
+                              "reason"]
     assert out[2].split()[:3] == ["0", "base", "initial"]
-    assert out[3].split()[:6] == ["1", "t1", "adopted", "+0.2500", "0.001996", "0.025"]
+    assert out[3].split()[:4] == ["1", "t1", "adopted", "+0.2500"]
+    assert out[3].split()[6:10] == ["0.001996", "0.025", "1/1", "-"]  # [low, high] takes two words
+    low, high = (float(x) for x in out[3].split("[")[1].split("]")[0].split(","))
+    assert low <= 0.25 <= high  # every difference is 0.25 here: a zero-width interval
     assert out[4].strip() == "seed: None -> 5"
     assert out[5].split()[:3] == ["1", "t2", "rejected"] and out[5].endswith("(0.05 / 2 candidates)")
     assert out[0].index("reason") == out[3].index("adopted: +0.25")  # columns align

@@ -151,6 +151,7 @@ type = "asha"
 grace_period = 2
 [gate]
 samples = 1
+design = "fixed"
 """), champion=base_model_path, output_dir=str(tmp_path / "out"))
     assert type(sweep.tune_scheduler(2)).__name__ == "AsyncHyperBandScheduler"
     [result] = run_sweep(sweep, echo=print, verbose=0)
@@ -216,7 +217,7 @@ env.0.reward = "{rewards}:no_seven"
 name = "longer"
 max_steps = 30
 [gate]
-samples = 1
+samples = 2
 max_regression = 0.01
 """, overrides), champion=str(champion), output_dir=str(tmp_path / "out"))
     [result] = run_sweep(sweep, echo=print, verbose=0)
@@ -226,15 +227,20 @@ max_regression = 0.01
     assert set(decisions) == {"control", "no-seven", "longer"}
     harmful, better = decisions["no-seven"], decisions["longer"]
     assert not harmful.adopted and harmful.mean_gain < 0
-    assert harmful.reason.startswith("rejected: ") and "regressed by" in harmful.reason
-    assert better.adopted and better.reason.startswith("adopted: ") and better.mean_gain > 0.1, better.reason
+    assert harmful.reason.startswith("rejected at look ") and "regressed by" in harmful.reason
+    assert better.adopted and better.reason.startswith("adopted at look ") and better.mean_gain > 0.1, better.reason
     assert not decisions["control"].adopted
+    # the sequential gate: fresh samples per look, shared by the champion; the interval excludes 0
+    assert better.effect_ci[0] > 0 and better.look in (2, 3) and better.samples["champion"] >= 400 * 2
+    assert harmful.samples["candidate"] <= better.samples["candidate"]  # stopped no later than the winner
 
     lineage = Lineage(tmp_path / "out")
     records = lineage.records()
     assert [r["decision"] for r in records].count("adopted") == 1 and len(records) == 4
     adopted = next(r for r in records if r["decision"] == "adopted")
     assert adopted["candidate"] == better.candidate and adopted["config_diff"]["max_steps"][1] == 30
+    assert adopted["design"] == "sequential" and adopted["look"] == better.look and adopted["looks"] == 3
+    assert adopted["effect_ci"][0] > 0 and adopted["samples"] == better.samples
     rejected = next(r for r in records if r["candidate"] == harmful.candidate)
     assert rejected["decision"] == "rejected" and rejected["config_diff"]["env.0.reward"][1].endswith(":no_seven")
     pointer = json.loads((tmp_path / "out" / "champion").read_text())

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("iter", "candidate", "decision", "mean gain", "p-value", "alpha", "reason")
+COLUMNS = ("iter", "candidate", "decision", "gain", "CI", "p-value", "alpha", "look", "samples", "reason")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +47,15 @@ def format_history(records: Sequence[dict[str, Any]], champion: dict[str, Any] |
     """
     rows = [
         (str(r.get("iteration", "-")), str(r.get("candidate", "-")), str(r.get("decision", "-")),
-         _number(r.get("mean_gain"), "+.4f"), _number(r.get("p_value"), ".4g"), _number(r.get("alpha"), ".4g"),
+         _number(r.get("mean_gain"), "+.4f"), _interval(r.get("effect_ci")), _number(r.get("p_value"), ".4g"),
+         _number(r.get("alpha"), ".4g"),
+         f"{r['look']}/{r['looks']}" if r.get("looks") else "-",
+         str((r.get("samples") or {}).get("candidate", "-")),
          str(r.get("reason", "")))
         for r in records
     ]
     widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS) - 1)]
-    right = {0, 3, 4, 5}  # numbers align right
+    right = {0, 3, 5, 6, 8}  # numbers align right
 
     def line(row: Sequence[str]) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
@@ -84,3 +87,10 @@ def _number(value: Any, spec: str) -> str:
     if isinstance(value, (int, float)):
         return format(value, spec)
     return str(value)  # "inf", written for a non-finite statistic
+
+
+def _interval(value: Any) -> str:
+    """``[low, high]`` of a recorded confidence interval, or "-"."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return "-"
+    return f"[{_number(value[0], '+.3f')}, {_number(value[1], '+.3f')}]"

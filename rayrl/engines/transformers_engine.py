@@ -36,9 +36,13 @@ class TransformersEngine(Engine):
         return cls(model, tokenizer.eos_token_id, tokenizer.pad_token_id, max_batch_size)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
-        generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        generator = torch.Generator(device=self.device)
         out: list[Completion] = []
         for start in range(0, len(prompts), self.max_batch_size):
+            # each batch from its own seed: how many steps one batch ran (it stops when every row has ended)
+            # never shifts the noise of the next, so two close policies given the same prompts and seed draw
+            # the same noise batch by batch (common random numbers: the promotion gate pairs on them)
+            generator.manual_seed(params.seed + start)
             out.extend(self._generate_batch(prompts[start : start + self.max_batch_size], params, generator))
         return out
 

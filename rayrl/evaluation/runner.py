@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,12 +73,16 @@ def split_examples(cfg: Config, examples_by_env: list[list[Example]], split: Spl
 
 
 def evaluate_model(
-    cfg: Config, model_dir: str, *, split: Split = "eval", samples: int = 1, seed: int = 0,
+    cfg: Config, model_dir: str, *, split: Split = "eval", samples: int | Sequence[Sequence[int]] = 1, seed: int = 0,
     temperature: float | None = None,
 ) -> EvalResult:
     """Evaluate the Hugging Face model directory ``model_dir`` (e.g. a checkpoint) on every ``[[env]]``
     of ``cfg``: ``samples`` completions per example of ``split``, sampled at ``temperature``
     (default ``eval.temperature``) with seeds derived from ``seed``.
+
+    ``samples`` may also give a count per example: one sequence per environment, in the split's example
+    order (the sequential gate's allocation); rows of examples with fewer samples than the most are padded
+    with NaN in ``scores`` and ``metrics``. The same counts and seed give the same samples.
 
     Ray must already be initialised (``rayrl.cluster.connect``). Starts ``inference.replicas``
     replicas and ``rollout.workers`` workers on ``model_dir`` and kills them before returning.
@@ -93,16 +98,17 @@ def evaluate_model(
 
     if not ray.is_initialized():
         raise RuntimeError("evaluate_model: Ray is not initialised; call rayrl.cluster.connect(cfg.ray) first")
-    if samples < 1:
+    if isinstance(samples, int) and samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if not any(Path(model_dir, name).is_file() for name in ("config.json", "adapter_config.json")):
         raise FileNotFoundError(f"{model_dir} is not a model or LoRA adapter directory (no config.json)")
     temperature = cfg.eval.temperature if temperature is None else temperature
-    if temperature == 0 and samples > 1:
-        log.warning("temperature 0 (greedy) with %d samples per example: the samples are identical", samples)
     envs = build_envs(cfg)
     examples = split_examples(cfg, [env.examples("eval") for env in envs], split)
-    tasks = [Task(i, ex, samples) for i, env_examples in enumerate(examples) for ex in env_examples]
+    counts = _sample_counts(samples, examples, cfg.env_names())
+    if temperature == 0 and max(max(c, default=1) for c in counts) > 1:
+        log.warning("temperature 0 (greedy) with several samples per example: the samples are identical")
+    tasks = [Task(i, ex, k) for i, env_examples in enumerate(examples) for ex, k in zip(env_examples, counts[i])]
     params = SamplingParams(cfg.sampling.max_tokens, temperature, 1.0, seed)
 
     namespace = f"eval-{Path(model_dir).name}-{uuid.uuid4().hex[:8]}"
@@ -124,8 +130,24 @@ def evaluate_model(
     for i, env_examples in enumerate(examples):
         groups = rollouts_by_task[start : start + len(env_examples)]
         start += len(env_examples)
-        result[names[i]] = _env_eval(env_examples, groups, samples)
+        result[names[i]] = _env_eval(env_examples, groups, counts[i])
     return EvalResult(result)
+
+
+def _sample_counts(samples: int | Sequence[Sequence[int]], examples: list[list[Example]], names: list[str]) -> list[list[int]]:
+    """Samples per example of every environment, checked against the split."""
+    if isinstance(samples, int):
+        return [[samples] * len(env_examples) for env_examples in examples]
+    counts = [[int(k) for k in env_counts] for env_counts in samples]
+    if len(counts) != len(examples):
+        raise ValueError(f"samples: {len(counts)} per-example count lists for {len(examples)} environments")
+    for name, env_counts, env_examples in zip(names, counts, examples):
+        if len(env_counts) != len(env_examples):
+            raise ValueError(f"samples: environment '{name}' has {len(env_examples)} examples in the split but "
+                             f"{len(env_counts)} counts")
+        if min(env_counts, default=1) < 1:
+            raise ValueError(f"samples: environment '{name}' has a count below 1")
+    return counts
 
 
 def _unplayed(example: Example):
@@ -135,7 +157,7 @@ def _unplayed(example: Example):
     return Rollout(0, example.id, 0, [], [], [], 0.0, 0, "prompt_too_long")
 
 
-def _env_eval(examples: list[Example], groups: list[list], samples: int) -> EnvEval:
+def _env_eval(examples: list[Example], groups: list[list], samples: list[int]) -> EnvEval:
     """Scores per example; an example whose prompt was too long to play (``rollout.long_prompts = "skip"``)
     scores 0 in each of its ``samples``: every checkpoint is scored on the same examples."""
     for ex, g in zip(examples, groups):
@@ -145,15 +167,19 @@ def _env_eval(examples: list[Example], groups: list[list], samples: int) -> EnvE
     if unplayed:
         log.warning("%d of %d examples have a prompt too long for seq_len: scored 0 (rollout.long_prompts = skip)",
                     unplayed, len(examples))
-    groups = [g or [_unplayed(ex) for _ in range(samples)] for ex, g in zip(examples, groups)]
+    groups = [g or [_unplayed(ex) for _ in range(k)] for ex, g, k in zip(examples, groups, samples)]
+    width = max((len(g) for g in groups), default=0)
+
+    def table(value) -> np.ndarray:  # [n_examples, width], NaN where an example has fewer samples
+        out = np.full((len(groups), width), math.nan)
+        for row, g in enumerate(groups):
+            out[row, : len(g)] = [value(r) for r in g]
+        return out
+
     metric_names = sorted({m for g in groups for r in g for m in r.metrics})
-    metrics = {
-        m: np.array([[r.metrics.get(m, math.nan) for r in g] for g in groups], dtype=np.float64).reshape(len(groups), -1)
-        for m in metric_names
-    }
     return EnvEval(
         example_ids=[ex.id for ex in examples],
-        scores=np.array([[r.reward for r in g] for g in groups], dtype=np.float64).reshape(len(groups), -1),
+        scores=table(lambda r: r.reward),
         completions=[[r.completion for r in g] for g in groups],
-        metrics=metrics,
+        metrics={m: table(lambda r, m=m: r.metrics.get(m, math.nan)) for m in metric_names},
     )

@@ -8,7 +8,10 @@ ROOT/champion        the current champion (JSON: name, checkpoint, iteration, si
 
 A record holds: time, iteration, parent, candidate, checkpoint, decision, reason, mean_gain, test,
 statistic, p_value, alpha, metrics (per environment: champion, candidate, delta, n), config_diff (dotted
-key -> [champion value, candidate value]), and for a new champion its whole config. Records are written
+key -> [champion value, candidate value]), and for a new champion its whole config; the gate's design,
+the look at which the decision fell of the looks planned, effect_ci (the gain's repeated confidence
+interval, level 1 - 2 alpha), boundary and stage_z (the combined Z's boundary and each look's z) and samples
+(scored for the candidate and for the champion, whose samples every candidate of the iteration shares). Records are written
 (and fsync'd) before the pointer moves, so a crash between the two leaves a pointer older than the
 record; :meth:`Lineage.champion` notices and repairs it from the record. A crash in the middle of an
 append leaves a torn last line: reading skips it with a warning, and the next append starts on a new line.
@@ -254,6 +257,10 @@ class Lineage:
                 "checkpoint": str(checkpoints[d.candidate]), "decision": "adopted" if d.adopted else "rejected",
                 "reason": d.reason, "mean_gain": d.mean_gain, "test": d.test, "statistic": d.statistic,
                 "p_value": d.p_value, "alpha": d.alpha, "metrics": d.per_env,
+                "design": getattr(d, "design", "fixed"), "look": getattr(d, "look", 1), "looks": getattr(d, "looks", 1),
+                "effect_ci": list(d.effect_ci) if getattr(d, "effect_ci", None) else None,
+                "boundary": getattr(d, "boundary", None), "stage_z": list(getattr(d, "stage_z", [])),
+                "samples": dict(getattr(d, "samples", {})),
                 "config_diff": config_diff(parent_config, config) if config is not None else {},
             }
             if d.adopted:

@@ -15,6 +15,7 @@ Each iteration:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -26,7 +27,9 @@ import numpy as np
 
 from rayrl.config import Config
 from rayrl.errors import ConfigError
+from rayrl.evaluation.gate import iteration_alphas
 from rayrl.tuning.lineage import Lineage
+from rayrl.tuning.profiles import load_profile, save_profile, stats_of
 from rayrl.tuning.sweep import SweepConfig, recipe
 
 log = logging.getLogger(__name__)
@@ -69,9 +72,11 @@ def run_sweep(sweep: SweepConfig, echo: Callable[[str], None] = print, verbose: 
         evals: dict[str, Any] = {}  # model folder -> its confirmation scores (the champion's are reused)
         champion = start_champion(sweep, lineage, base, evals)
         echo(f"champion: {champion['name']} ({champion['checkpoint']}); lineage in {sweep.output_dir}")
-        results = []
+        results: list[IterationResult] = []
         for _ in range(sweep.iterations):
-            result = run_iteration(sweep, lineage, base, evals, verbose)
+            adopted = [any(d.adopted for d in r.decisions) for r in results]
+            alpha = iteration_alphas(sweep.gate.alpha, adopted, sweep.iterations, sweep.gate.alpha_scope)
+            result = run_iteration(sweep, lineage, base, evals, verbose, alpha=alpha)
             echo(format_iteration(result, sweep))
             results.append(result)
         return results
@@ -104,18 +109,28 @@ def start_champion(sweep: SweepConfig, lineage: Lineage, base: Config, evals: di
         path, config = Path(resolve_base_model(base)[0]), base
         log.info("no champion given: starting from the base experiment's model %s", path)
     scores = confirmation_scores(sweep, base, str(path), evals)
+    save_profile(sweep.output_dir, "initial", {env: e.example_ids for env, e in scores.envs.items()},
+                 {env: stats_of(e.scores) for env, e in scores.envs.items()})
     return lineage.start(str(path), name="initial", metrics=env_means(scores), config=recipe(config))
 
 
-def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dict, verbose: int = 1) -> IterationResult:
+def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dict, verbose: int = 1,
+                  alpha: float | None = None) -> IterationResult:
+    """One Tune experiment and its gate. ``alpha``: this iteration's share of the run's alpha (default gate.alpha)."""
     from ray import tune
 
     from rayrl.evaluation.gate import decide, paired_scores
+
+    gate = sweep.gate if alpha is None else sweep.gate.model_copy(update={"alpha": alpha})
     from rayrl.tuning.trial import TrialSetup, run_trial, trial_resources
 
     iteration = lineage.next_iteration()
     champion = lineage.champion()
-    champion_scores = confirmation_scores(sweep, base, champion["checkpoint"], evals)  # before Tune: fail early
+    champion_scores = None
+    if sweep.gate.design == "fixed":  # before Tune: fail early
+        champion_scores = confirmation_scores(sweep, base, champion["checkpoint"], evals)
+    else:
+        confirmation_example_ids(base)
     setup = TrialSetup(sweep, champion["checkpoint"])
     max_steps = base.max_steps
     tuner = tune.Tuner(
@@ -144,13 +159,19 @@ def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dic
         errors = "; ".join(f"{t.name}: {t.error}" for t in trials if t.error) or "no trial reported a checkpoint"
         raise RuntimeError(f"iteration {iteration}: no trial finished an evaluation ({errors})")
 
-    candidate_scores, candidate_dirs = {}, {}
-    for t in finalists:
-        with t.checkpoint.as_directory() as directory:  # a local folder, downloaded first from a URI
-            candidate_scores[t.name] = paired_scores(champion_scores, confirmation_scores(sweep, base, directory, {}))[1]
-        candidate_dirs[t.name] = _location(t.checkpoint)
-    champion_means = paired_scores(champion_scores, champion_scores)[0]
-    result.decisions = decide(champion_means, candidate_scores, sweep.gate, parent=champion["name"])
+    candidate_dirs = {t.name: _location(t.checkpoint) for t in finalists}
+    with contextlib.ExitStack() as stack:  # local folders (downloaded first from a URI) for the whole gate
+        local = {t.name: stack.enter_context(t.checkpoint.as_directory()) for t in finalists}
+        if sweep.gate.design == "fixed":
+            candidate_scores = {name: paired_scores(champion_scores, confirmation_scores(sweep, base, d, {}))[1]
+                                for name, d in local.items()}
+            champion_means = paired_scores(champion_scores, champion_scores)[0]
+            result.decisions = decide(champion_means, candidate_scores, gate, parent=champion["name"])
+        else:
+            result.decisions, ids, seen = sequential_gate(sweep, base, champion, local, iteration, gate)
+            for d in result.decisions:
+                if d.adopted:  # its samples of this gate guide the next gate's first look
+                    save_profile(sweep.output_dir, d.candidate, ids, seen[d.candidate])
     for d in result.decisions:
         if d.adopted:  # the champion lives on local disk: trials and the next gate read it with from_pretrained
             target = Path(sweep.output_dir, "champions", d.candidate)
@@ -160,6 +181,76 @@ def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dic
     configs = {t.name: t.config for t in finalists if t.config is not None}
     result.champion = lineage.record(result.decisions, iteration, candidate_dirs, configs) or lineage.champion()
     return result
+
+
+def sequential_gate(sweep: SweepConfig, base: Config, champion: dict[str, Any], candidates: dict[str, str],
+                    iteration: int, gate: Any = None) -> tuple[list, dict[str, list[str]], dict[str, dict]]:
+    """The sequential gate of one iteration: look after look, fresh samples for the champion and every running
+    candidate (the same per-example counts and seed for all of them), until every candidate has stopped.
+
+    Look k's seed is ``look_seed(gate.seed, iteration, k)``: fresh per look and per iteration (a champion is
+    never re-judged on the samples that adopted it). Each look's samples per example are allocated from
+    every score seen before it (``gate.allocation``): the champion's profile (``ROOT/profiles``) for the
+    first look, then also this gate's looks. Returns the decisions, the example ids per environment and
+    every candidate's own per-example stats (``[3, n]`` per environment: sum, squares, count).
+    """
+    from rayrl.evaluation.gate import SequentialGate
+    from rayrl.evaluation.runner import evaluate_model
+    from rayrl.evaluation.sequential import allocate, shrunk_variances
+
+    gate = gate or sweep.gate
+    ids = confirmation_example_ids(base)
+    state = SequentialGate(gate, list(candidates), parent=champion["name"])
+    shares = np.diff([0.0, *gate.looks])
+    history = load_profile(sweep.output_dir, champion["name"], ids)
+    seen = history or {env: np.zeros((3, len(i))) for env, i in ids.items()}  # all policies' scores so far
+    own: dict[str, dict[str, np.ndarray]] = {name: {env: np.zeros((3, len(i))) for env, i in ids.items()}
+                                             for name in candidates}
+    temperature = gate_temperature(sweep, base)
+    for k in range(len(gate.looks)):
+        seed = look_seed(gate.seed, iteration, k + 1)
+        total = {env: round(shares[k] * gate.budget * gate.samples * len(i)) for env, i in ids.items()}
+        informed = k > 0 or history is not None
+        counts = {env: allocate(shrunk_variances(*seen[env]), total[env], 1,
+                                gate.allocation if informed else "uniform") for env in ids}
+        per_look = int(sum(c.sum() for c in counts.values()))
+        log.info("gate look %d of %d: %d samples per policy for the champion and %d candidate(s)%s", k + 1,
+                 len(gate.looks), per_look, len(state.running), " (allocated by the champion's profile)"
+                 if k == 0 and history is not None else "")
+
+        def scored(model_dir: str, name: str | None) -> dict[str, np.ndarray]:
+            result = evaluate_model(base, model_dir, split="confirm", samples=[list(c) for c in counts.values()],
+                                    seed=seed, temperature=temperature)
+            for env, e in result.envs.items():
+                if [str(i) for i in e.example_ids] != ids[env]:
+                    raise RuntimeError(f"gate look {k + 1}: environment '{env}' returned its examples in another order")
+                stats = stats_of(e.scores)
+                seen[env] += stats
+                if name is not None:
+                    own[name][env] += stats
+            return {env: np.nanmean(e.scores, axis=1) for env, e in result.envs.items()}
+
+        champion_means = scored(champion["checkpoint"], None)
+        candidate_means = {name: scored(candidates[name], name) for name in state.running}
+        decisions = state.look(champion_means, candidate_means, samples=per_look)
+        if decisions is not None:
+            return decisions, ids, own
+    raise RuntimeError("the sequential gate ran out of looks without deciding")  # SequentialGate decides at the last
+
+
+def look_seed(seed: int, iteration: int, look: int) -> int:
+    """Sampling seed of one look of one iteration's gate (evaluation spreads it further per worker and call)."""
+    return seed + 1_000 * iteration + look
+
+
+def confirmation_example_ids(base: Config) -> dict[str, list[str]]:
+    """The confirmation split's example ids per environment (checks the split exists before Tune runs)."""
+    from rayrl.envs.registry import build_envs
+    from rayrl.evaluation.runner import split_examples
+
+    envs = build_envs(base)
+    examples = split_examples(base, [env.examples("eval") for env in envs], "confirm")
+    return {name: [str(ex.id) for ex in e] for name, e in zip(base.env_names(), examples)}
 
 
 def summarize(grid, sweep: SweepConfig, iteration: int) -> list[TrialSummary]:
@@ -199,9 +290,9 @@ def confirmation_scores(sweep: SweepConfig, base: Config, model_dir: str, cache:
 
 
 def gate_temperature(sweep: SweepConfig, base: Config) -> float:
-    """``eval.temperature``, except that K > 1 samples are drawn at ``sampling.temperature`` when evaluation
-    is greedy (K greedy samples would be K copies of one)."""
-    if sweep.gate.samples > 1 and base.eval.temperature == 0:
+    """``eval.temperature``, except that K > 1 samples (and every sequential look: fresh samples) are drawn at
+    ``sampling.temperature`` when evaluation is greedy (K greedy samples would be K copies of one)."""
+    if (sweep.gate.samples > 1 or sweep.gate.design == "sequential") and base.eval.temperature == 0:
         return base.sampling.temperature
     return base.eval.temperature
 
@@ -227,7 +318,14 @@ def format_iteration(result: IterationResult, sweep: SweepConfig) -> str:
     lines = [f"iteration {result.iteration}: {len(result.trials)} trials, Tune experiment {result.experiment_path}"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if result.decisions:
-        lines.append(f"gate (confirmation split, {sweep.gate.samples} sample(s) per example, test {sweep.gate.test}):")
+        g = sweep.gate
+        if g.design == "fixed":
+            lines.append(f"gate (confirmation split, {g.samples} sample(s) per example, test {g.test}):")
+        else:
+            spent = result.decisions[0].samples.get("champion", 0) + sum(d.samples.get("candidate", 0)
+                                                                         for d in result.decisions)
+            lines.append(f"gate (confirmation split, sequential: up to {len(g.looks)} looks, at most {g.budget:g} x "
+                         f"{g.samples} samples per example, test {g.test}; {spent} samples scored):")
         for d in result.decisions:
             lines.append(f"  {d.candidate}: {d.reason}")
     if result.champion:
