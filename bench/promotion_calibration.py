@@ -303,7 +303,7 @@ class SeqResult:
 def simulate_sequential(p: np.ndarray, qs: list[np.ndarray], cfg: GateConfig, reps: int, crn: float,
                         rng: np.random.Generator, spot: int) -> SeqResult:
     """R repetitions of one sequential gate at once (columns), with gate.py's own pieces and rules."""
-    from rayrl.evaluation.gate import stage_p_values
+    from rayrl.evaluation.sequential_gate import stage_p_values
     from rayrl.evaluation.sequential import (
         allocate,
         efficacy_bounds,
@@ -391,7 +391,7 @@ def simulate_sequential(p: np.ndarray, qs: list[np.ndarray], cfg: GateConfig, re
 
 def check_against_gate(result: SeqResult, cfg: GateConfig, m: int) -> None:
     """Replay the spot-checked columns through the real SequentialGate: same adoption, same stopping look."""
-    from rayrl.evaluation.gate import SequentialGate
+    from rayrl.evaluation.sequential_gate import SequentialGate
 
     for r, rec in enumerate(result.record):
         gate = SequentialGate(cfg, [f"c{j}" for j in range(m)])
@@ -524,7 +524,7 @@ def real_sequential_aa(scores: np.ndarray, args: argparse.Namespace) -> None:
     ``--real-seq-reps`` (default ``--real-reps``), each look's per-example counts drawn from the unused samples
     of each example's pool (disjoint within a pair or triple; once an example's pool is exhausted its cursor
     wraps around and samples are reused across replicates)."""
-    from rayrl.evaluation.gate import SequentialGate
+    from rayrl.evaluation.sequential_gate import SequentialGate
     from rayrl.evaluation.sequential import allocate, shrunk_variances
 
     cfg = GateConfig(alpha=args.alpha, bootstrap_resamples=args.resamples, samples=args.samples)

@@ -9,7 +9,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from rayrl.evaluation.gate import GateConfig, SequentialGate
+from rayrl.evaluation.gate import GateConfig
+from rayrl.evaluation.sequential_gate import SequentialGate
 from rayrl.evaluation.sequential import (
     allocate, combine, crossing_probabilities, efficacy_bounds, repeated_ci, shrunk_variances, spending,
     stagewise_p_value, weights,

@@ -115,6 +115,12 @@ def test_a_sweep_without_evaluations_or_confirmation_examples_is_refused(tmp_pat
         load_sweep(write_sweep(tmp_path, "", SMALL_OVERRIDES.replace("eval.interval = 2", "eval.interval = 0")))
     with pytest.raises(ConfigError, match="confirmation split: environment 'arithmetic' has 500 held-out"):
         load_sweep(write_sweep(tmp_path, "", SMALL_OVERRIDES.replace("confirm_examples = 100", "confirm_examples = 490")))
+    greedy = SMALL_OVERRIDES + "sampling.temperature = 0.0\neval.temperature = 0.0\n"
+    with pytest.raises(ConfigError, match="sequential gate draws fresh samples at every look, but eval.temperature"):
+        load_sweep(write_sweep(tmp_path, "", greedy))
+    load_sweep(write_sweep(tmp_path, '[gate]\ndesign = "fixed"\nsamples = 1', greedy))  # one greedy look is fine
+    with pytest.raises(ConfigError, match='every look needs at least 1: .* or set gate.design = "fixed"'):
+        load_sweep(write_sweep(tmp_path, "[gate]\nsamples = 1", SMALL_OVERRIDES))
 
 
 def test_cli_reports_a_bad_sweep_file_with_exit_status_2(tmp_path):

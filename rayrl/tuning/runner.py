@@ -194,7 +194,7 @@ def sequential_gate(sweep: SweepConfig, base: Config, champion: dict[str, Any], 
     first look, then also this gate's looks. Returns the decisions, the example ids per environment and
     every candidate's own per-example stats (``[3, n]`` per environment: sum, squares, count).
     """
-    from rayrl.evaluation.gate import SequentialGate
+    from rayrl.evaluation.sequential_gate import SequentialGate
     from rayrl.evaluation.runner import evaluate_model
     from rayrl.evaluation.sequential import allocate, shrunk_variances
 

@@ -320,6 +320,11 @@ def check_trial_configs(sweep: SweepConfig) -> None:
         raise ConfigError(join([f"{source}: eval.interval is 0 (no evaluations): a trial reports to Tune at each "
                                 "evaluation; set it in [overrides], e.g. \"eval.interval\" = 10"]))
     _check_confirmation_split(cfg, source)
+    if sweep.gate.design == "sequential" and cfg.eval.temperature == 0 and cfg.sampling.temperature == 0:
+        raise ConfigError(join([f"{source}: the sequential gate draws fresh samples at every look, but eval.temperature "
+                                "and sampling.temperature are both 0 (greedy: every look would repeat the same "
+                                "completions, and the looks would not be independent evidence); set "
+                                "sampling.temperature above 0 in [overrides], or [gate] design = \"fixed\""]))
     first = {key: spec.corners()[0] for key, spec in sweep.param_space.items()}
     for v in sweep.variants:
         sweep.config({**first, VARIANT_KEY: v["name"]})
