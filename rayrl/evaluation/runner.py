@@ -98,8 +98,6 @@ def evaluate_model(
 
     if not ray.is_initialized():
         raise RuntimeError("evaluate_model: Ray is not initialised; call rayrl.cluster.connect(cfg.ray) first")
-    if isinstance(samples, int) and samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
     if not any(Path(model_dir, name).is_file() for name in ("config.json", "adapter_config.json")):
         raise FileNotFoundError(f"{model_dir} is not a model or LoRA adapter directory (no config.json)")
     temperature = cfg.eval.temperature if temperature is None else temperature
@@ -137,6 +135,8 @@ def evaluate_model(
 def _sample_counts(samples: int | Sequence[Sequence[int]], examples: list[list[Example]], names: list[str]) -> list[list[int]]:
     """Samples per example of every environment, checked against the split."""
     if isinstance(samples, int):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
         return [[samples] * len(env_examples) for env_examples in examples]
     counts = [[int(k) for k in env_counts] for env_counts in samples]
     if len(counts) != len(examples):

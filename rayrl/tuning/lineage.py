@@ -257,10 +257,9 @@ class Lineage:
                 "checkpoint": str(checkpoints[d.candidate]), "decision": "adopted" if d.adopted else "rejected",
                 "reason": d.reason, "mean_gain": d.mean_gain, "test": d.test, "statistic": d.statistic,
                 "p_value": d.p_value, "alpha": d.alpha, "metrics": d.per_env,
-                "design": getattr(d, "design", "fixed"), "look": getattr(d, "look", 1), "looks": getattr(d, "looks", 1),
-                "effect_ci": list(d.effect_ci) if getattr(d, "effect_ci", None) else None,
-                "boundary": getattr(d, "boundary", None), "stage_z": list(getattr(d, "stage_z", [])),
-                "samples": dict(getattr(d, "samples", {})),
+                "design": d.design, "look": d.look, "looks": d.looks,
+                "effect_ci": list(d.effect_ci) if d.effect_ci else None, "boundary": d.boundary,
+                "stage_z": list(d.stage_z), "samples": dict(d.samples),
                 "config_diff": config_diff(parent_config, config) if config is not None else {},
             }
             if d.adopted:

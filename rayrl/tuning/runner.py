@@ -120,17 +120,16 @@ def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dic
     from ray import tune
 
     from rayrl.evaluation.gate import decide, paired_scores
-
-    gate = sweep.gate if alpha is None else sweep.gate.model_copy(update={"alpha": alpha})
     from rayrl.tuning.trial import TrialSetup, run_trial, trial_resources
 
+    gate = sweep.gate if alpha is None else sweep.gate.model_copy(update={"alpha": alpha})
     iteration = lineage.next_iteration()
     champion = lineage.champion()
-    champion_scores = None
-    if sweep.gate.design == "fixed":  # before Tune: fail early
+    champion_scores, ids = None, {}
+    if gate.design == "fixed":  # before Tune: fail early
         champion_scores = confirmation_scores(sweep, base, champion["checkpoint"], evals)
     else:
-        confirmation_example_ids(base)
+        ids = confirmation_example_ids(base)
     setup = TrialSetup(sweep, champion["checkpoint"])
     max_steps = base.max_steps
     tuner = tune.Tuner(
@@ -162,13 +161,13 @@ def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dic
     candidate_dirs = {t.name: _location(t.checkpoint) for t in finalists}
     with contextlib.ExitStack() as stack:  # local folders (downloaded first from a URI) for the whole gate
         local = {t.name: stack.enter_context(t.checkpoint.as_directory()) for t in finalists}
-        if sweep.gate.design == "fixed":
+        if gate.design == "fixed":
             candidate_scores = {name: paired_scores(champion_scores, confirmation_scores(sweep, base, d, {}))[1]
                                 for name, d in local.items()}
             champion_means = paired_scores(champion_scores, champion_scores)[0]
             result.decisions = decide(champion_means, candidate_scores, gate, parent=champion["name"])
         else:
-            result.decisions, ids, seen = sequential_gate(sweep, base, champion, local, iteration, gate)
+            result.decisions, seen = sequential_gate(sweep, base, champion, local, iteration, gate, ids)
             for d in result.decisions:
                 if d.adopted:  # its samples of this gate guide the next gate's first look
                     save_profile(sweep.output_dir, d.candidate, ids, seen[d.candidate])
@@ -184,22 +183,21 @@ def run_iteration(sweep: SweepConfig, lineage: Lineage, base: Config, evals: dic
 
 
 def sequential_gate(sweep: SweepConfig, base: Config, champion: dict[str, Any], candidates: dict[str, str],
-                    iteration: int, gate: Any = None) -> tuple[list, dict[str, list[str]], dict[str, dict]]:
+                    iteration: int, gate: Any, ids: dict[str, list[str]]) -> tuple[list, dict[str, dict]]:
     """The sequential gate of one iteration: look after look, fresh samples for the champion and every running
     candidate (the same per-example counts and seed for all of them), until every candidate has stopped.
 
     Look k's seed is ``look_seed(gate.seed, iteration, k)``: fresh per look and per iteration (a champion is
     never re-judged on the samples that adopted it). Each look's samples per example are allocated from
     every score seen before it (``gate.allocation``): the champion's profile (``ROOT/profiles``) for the
-    first look, then also this gate's looks. Returns the decisions, the example ids per environment and
-    every candidate's own per-example stats (``[3, n]`` per environment: sum, squares, count).
+    first look, then also this gate's looks. ``gate``: the sweep's gate with this iteration's alpha; ``ids``:
+    the confirmation split's example ids per environment. Returns the decisions and every candidate's own
+    per-example stats (``[3, n]`` per environment: sum, squares, count).
     """
     from rayrl.evaluation.sequential_gate import SequentialGate
     from rayrl.evaluation.runner import evaluate_model
     from rayrl.evaluation.sequential import allocate, shrunk_variances
 
-    gate = gate or sweep.gate
-    ids = confirmation_example_ids(base)
     state = SequentialGate(gate, list(candidates), parent=champion["name"])
     shares = np.diff([0.0, *gate.looks])
     history = load_profile(sweep.output_dir, champion["name"], ids)
@@ -234,7 +232,7 @@ def sequential_gate(sweep: SweepConfig, base: Config, champion: dict[str, Any], 
         candidate_means = {name: scored(candidates[name], name) for name in state.running}
         decisions = state.look(champion_means, candidate_means, samples=per_look)
         if decisions is not None:
-            return decisions, ids, own
+            return decisions, own
     raise RuntimeError("the sequential gate ran out of looks without deciding")  # SequentialGate decides at the last
 
 
